@@ -1,0 +1,143 @@
+"""The one batch type, and a split of a corpus held as padded tensors on the device.
+
+A split is converted once per worker (`SplitData`); an epoch then only swaps its availability
+mask and slices dialogues out of device-resident tensors, so the training loop never touches
+host memory per step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from imerbench.corpus import MODALITIES, Corpus
+
+
+@dataclass
+class Batch:
+    """B dialogues padded to L utterances. Every method sees exactly this."""
+
+    features: dict[str, Tensor]  # modality -> [B, L, d_m]; zero where missing (see zero_fill)
+    available: Tensor  # [B, L, M] bool: modality present (False at padding)
+    valid: Tensor  # [B, L] bool: a real utterance, not padding
+    speakers: Tensor  # [B, L] int64
+    labels: Tensor  # [B, L] int64 (classes) or float32 (regression)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.valid.shape[0])
+
+    @property
+    def length(self) -> int:
+        return int(self.valid.shape[1])
+
+    def replace(self, **changes: object) -> Batch:
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        values.update(changes)
+        return Batch(**values)  # type: ignore[arg-type]
+
+
+class SplitData:
+    """One split of a corpus as padded device tensors [D, L, ...], L = longest dialogue.
+
+    `pad_to` pads to a fixed length instead (methods whose layers are tied to the padded
+    length, such as ComP's prototype projector).
+    """
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        dialogues: np.ndarray,
+        device: torch.device | str,
+        pad_to: int | None = None,
+    ) -> None:
+        self.corpus_name = corpus.name
+        self.device = torch.device(device)
+        self.dialogues = np.asarray(dialogues, dtype=np.int64)
+        lengths = corpus.dialogue_lengths[self.dialogues]
+        self.lengths = lengths  # host copy: batch lengths need no device sync
+        longest = int(lengths.max()) if len(lengths) else 1
+        if pad_to is not None and pad_to < longest:
+            raise ValueError(f"pad_to={pad_to} is shorter than the longest dialogue ({longest})")
+        self.pad_length = pad_to or longest
+        num, length = len(self.dialogues), self.pad_length
+        self.utterances = corpus.utterances(self.dialogues)  # flat corpus indices, split order
+        # Where each utterance of the split sits in the padded [D, L] grid.
+        rows = np.repeat(np.arange(num), lengths)
+        cols = np.concatenate([np.arange(n) for n in lengths]) if num else np.zeros(0, int)
+        self.slot = torch.as_tensor(rows * length + cols, device=self.device)
+
+        def grid(values: np.ndarray, fill: float | int | bool, dtype: torch.dtype) -> Tensor:
+            shape = (num * length, *values.shape[1:])
+            out = torch.full(shape, fill, dtype=dtype, device=self.device)
+            out[self.slot] = torch.as_tensor(values, dtype=dtype, device=self.device)
+            return out.view(num, length, *values.shape[1:])
+
+        u = self.utterances
+        self.features = {m: grid(corpus.features[m][u], 0.0, torch.float32) for m in MODALITIES}
+        self.valid = grid(np.ones(len(u), dtype=bool), False, torch.bool)
+        self.present = grid(corpus.present[u], False, torch.bool)
+        self.speakers = grid(corpus.speakers[u], 0, torch.int64)
+        label_dtype = torch.int64 if corpus.task == "classification" else torch.float32
+        self.labels = grid(corpus.labels[u], 0, label_dtype)
+        self.target = self.labels[self.valid]  # [n] labels of the real utterances, split order
+        self.available = self.present.clone()
+
+    @property
+    def num_dialogues(self) -> int:
+        return len(self.dialogues)
+
+    @property
+    def num_utterances(self) -> int:
+        return len(self.utterances)
+
+    def grid_mask(self, mask: np.ndarray | Tensor) -> Tensor:
+        """An utterance mask [n, M] (split order) as [D, L, M], ANDed with the files present."""
+        flat = torch.zeros(
+            self.num_dialogues * self.pad_length,
+            len(MODALITIES),
+            dtype=torch.bool,
+            device=self.device,
+        )
+        flat[self.slot] = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
+        return flat.view(self.num_dialogues, self.pad_length, -1) & self.present
+
+    def set_mask(self, mask: np.ndarray | Tensor) -> None:
+        """Use this availability mask (one row per utterance, split order) from now on."""
+        if len(mask) != self.num_utterances:
+            raise ValueError(f"mask has {len(mask)} rows for {self.num_utterances} utterances")
+        self.available = self.grid_mask(mask)
+
+    def batches(
+        self,
+        batch_size: int,
+        order: np.ndarray | None = None,
+        fixed_length: bool = False,
+        zero_fill: bool = True,
+    ) -> Iterator[Batch]:
+        """Dialogue batches in `order` (default: split order), trimmed to their longest dialogue.
+
+        With zero_fill=False the features at missing positions keep their stored values: the
+        contract test uses this to prove a model ignores them.
+        """
+        order = np.arange(self.num_dialogues) if order is None else order
+        for start in range(0, len(order), batch_size):
+            chosen = order[start : start + batch_size]
+            length = self.pad_length if fixed_length else int(self.lengths[chosen].max())
+            idx = torch.as_tensor(chosen, device=self.device)
+            available = self.available[idx, :length]
+            feats = {}
+            for k, m in enumerate(MODALITIES):
+                x = self.features[m][idx, :length]
+                feats[m] = x * available[..., k : k + 1] if zero_fill else x
+            yield Batch(
+                features=feats,
+                available=available,
+                valid=self.valid[idx, :length],
+                speakers=self.speakers[idx, :length],
+                labels=self.labels[idx, :length],
+            )

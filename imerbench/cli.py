@@ -1,0 +1,251 @@
+"""The `imerbench` command line: run, list, table, data, masks."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from imerbench.errors import ImerbenchError
+
+app = typer.Typer(
+    help="Fair, resumable benchmarks for incomplete multimodal emotion recognition.",
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect or write datasets in the GCNet layout.")
+masks_app = typer.Typer(help="The stored evaluation masks.")
+app.add_typer(data_app, name="data")
+app.add_typer(masks_app, name="masks")
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def run(
+    grid_file: Annotated[Path | None, typer.Argument(help="grid .toml (default: quick)")] = None,
+    methods: Annotated[str | None, typer.Option(help="comma list, e.g. early-fusion,comp")] = None,
+    datasets: Annotated[str | None, typer.Option(help="comma list of dataset ids")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    missing_rates: Annotated[str | None, typer.Option(help="comma list, e.g. 0.0,0.3")] = None,
+    seeds: Annotated[str | None, typer.Option(help="comma list of seeds")] = None,
+    folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
+    executor: Annotated[str, typer.Option(help="local")] = "local",
+    jobs: Annotated[int, typer.Option(help="cells trained at once (processes)")] = 1,
+    epochs: Annotated[int | None, typer.Option(help="override every method's epochs")] = None,
+    protocol: Annotated[str | None, typer.Option(help="default or paper")] = None,
+    widths: Annotated[str | None, typer.Option(help="synthetic widths: small or real")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default ./runs/<grid>)")] = None,
+    retry_failed: Annotated[bool, typer.Option(help="rerun cells recorded as failed")] = False,
+    missing_features: Annotated[
+        str, typer.Option(help="refuse, or mark: keep utterances lacking a feature file")
+    ] = "refuse",
+    save_weights: Annotated[bool, typer.Option(help="save the selected weights")] = True,
+    dry_run: Annotated[bool, typer.Option(help="print the cells and a time estimate")] = False,
+) -> None:
+    """Run or resume a grid (default: every method on the synthetic corpus)."""
+    from imerbench.grid import default_grid_path, load_grid
+    from imerbench.leaderboard import leaderboards, render
+    from imerbench.runner import CellReport, RunOptions, Workspace, estimate_seconds, run_grid
+
+    if executor != "local":
+        raise ImerbenchError(f"executor '{executor}' is not available; use --executor local")
+    if missing_features not in ("refuse", "mark"):
+        raise ImerbenchError(f"--missing-features {missing_features}: use refuse or mark")
+    if jobs < 1:
+        raise ImerbenchError(f"--jobs {jobs}: must be at least 1")
+    grid = load_grid(
+        grid_file or default_grid_path(),
+        methods=methods,
+        datasets=datasets,
+        missing_rates=missing_rates,
+        seeds=seeds,
+        folds=folds,
+        epochs=epochs,
+        protocol=protocol,
+        widths=widths,
+        data_root=str(data_root) if data_root else None,
+    )
+    options = RunOptions(
+        out=out or Path("runs") / grid.name,
+        device=device,
+        jobs=jobs,
+        retry_failed=retry_failed,
+        save_weights=save_weights,
+        missing_features=missing_features,
+    )
+    if dry_run:
+        from imerbench.runner import pending_cells
+
+        todo, done = pending_cells(grid, options)
+        ws = Workspace(grid, options)
+        estimates = estimate_seconds(todo, ws)
+        for cell in todo:
+            console.print(f"  {cell.describe()}  ~{estimates[cell]:.0f} s")
+        total = sum(estimates.values())
+        console.print(
+            f"{len(todo)} cells to run ({len(done)} already finished) in {options.out}; "
+            f"estimated {total / 60:.1f} min on {ws.device} with 1 job "
+            f"(about {total / 60 / max(jobs, 1):.1f} min with {jobs})"
+        )
+        return
+
+    start = time.perf_counter()
+    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    with Progress(
+        TextColumn("[bold]cells"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        task = progress.add_task("cells", total=len(grid.cells()))
+
+        def on_cell(report: CellReport) -> None:
+            counts[report.status] += 1
+            progress.advance(task)
+            if report.status == "skipped":
+                return
+            mark = "[green]ok[/]" if report.status == "ok" else "[red]FAILED[/]"
+            progress.console.print(
+                f"{mark} {report.cell.describe()}: {report.summary} [{report.seconds:.1f} s]"
+            )
+
+        store = run_grid(grid, options, on_cell)
+    elapsed = time.perf_counter() - start
+    console.print(
+        f"{counts['ok']} cells ran, {counts['failed']} failed, {counts['skipped']} already "
+        f"done; {elapsed:.1f} s. Results: {store.merged_path}"
+    )
+    df = store.read()
+    if len(df):
+        console.print(render(leaderboards(df), "md"), markup=False)
+
+
+@app.command("list")
+def list_() -> None:
+    """Registered methods, datasets and built-in grids."""
+    from importlib import resources
+
+    from imerbench.datasets import DATASETS
+    from imerbench.registry import get_entry, list_methods
+
+    console.print("[bold]methods")
+    for name in list_methods():
+        console.print(f"  {name:16s} {get_entry(name).description}")
+    console.print("[bold]datasets")
+    for info in DATASETS.values():
+        alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
+        where = "generated" if info.synthetic else f"{info.folder}/{info.label_file}"
+        console.print(f"  {info.id:16s} {info.task}, primary {info.primary_metric}, {where}{alias}")
+    console.print("[bold]grids")
+    for entry in sorted(resources.files("imerbench.grids").iterdir(), key=lambda p: p.name):
+        if entry.name.endswith(".toml"):
+            console.print(f"  {entry.name[:-5]} (built in)")
+    console.print("  or any grid file: imerbench run benchmarks/grids/paper.toml")
+
+
+@app.command()
+def table(
+    results: Annotated[Path, typer.Argument(help="output folder or results CSV")] = Path(
+        "runs/quick"
+    ),
+    fmt: Annotated[str, typer.Option("--format", help="md or csv")] = "md",
+    selection: Annotated[str, typer.Option(help="val or test-oracle")] = "val",
+) -> None:
+    """Leaderboards (mean ± std over seeds) computed from the results rows."""
+    from imerbench.leaderboard import leaderboards, render
+    from imerbench.results import read_results
+
+    if fmt not in ("md", "csv"):
+        raise ImerbenchError(f"--format {fmt}: use md or csv")
+    if selection not in ("val", "test-oracle"):
+        raise ImerbenchError(f"--selection {selection}: use val or test-oracle")
+    boards = leaderboards(read_results(results), selection)
+    if not boards:
+        raise ImerbenchError(f"{results} holds no finished rows with {selection} selection")
+    typer.echo(render(boards, fmt))
+
+
+@data_app.command("check")
+def data_check(
+    root: Annotated[Path, typer.Argument(help="folder holding IEMOCAP/, CMUMOSI/, ...")],
+) -> None:
+    """What a data folder holds, and what is missing or malformed."""
+    from imerbench.gcnet_layout import check_data_root
+
+    report = check_data_root(root)
+    for line in report.lines():
+        typer.echo(line)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Argument(help="folder to write")],
+    dataset: Annotated[str, typer.Option(help="synthetic or synthetic-mosi")] = "synthetic",
+    as_dataset: Annotated[
+        str | None, typer.Option(help="layout to write as (default iemocap4 / mosi)")
+    ] = None,
+    widths: Annotated[str, typer.Option(help="small or real")] = "small",
+) -> None:
+    """Write a synthetic corpus in the GCNet layout (readable by `--data-root`)."""
+    from imerbench.datasets import resolve_dataset
+    from imerbench.gcnet_layout import write_gcnet
+    from imerbench.synthetic import make_synthetic
+
+    info = resolve_dataset(dataset)
+    if not info.synthetic:
+        raise ImerbenchError(f"--dataset {dataset}: use synthetic or synthetic-mosi")
+    layout = resolve_dataset(
+        as_dataset or ("iemocap4" if info.task == "classification" else "mosi")
+    )
+    corpus = make_synthetic(info.id, widths=widths)
+    path = write_gcnet(corpus, layout, out)
+    typer.echo(f"wrote {corpus.num_utterances} utterances of '{info.id}' as {layout.id} to {path}")
+
+
+@masks_app.command("export")
+def masks_export(
+    dataset: Annotated[str, typer.Option(help="dataset id")] = "synthetic",
+    missing_rate: Annotated[str, typer.Option(help="missing rate or condition")] = "0.5",
+    fold: Annotated[int, typer.Option(help="fold")] = 0,
+    split: Annotated[str, typer.Option(help="val or test")] = "test",
+    seed: Annotated[int, typer.Option(help="mask seed (the cell's seed)")] = 0,
+    data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    masks_dir: Annotated[
+        Path | None, typer.Option(help="stored masks of a run (default runs/quick/masks)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="file to write")] = Path("test_mask.npz"),
+) -> None:
+    """Write stored masks in GCNet's --test_mask format, to score other code on them."""
+    from imerbench.datasets import load_dataset
+    from imerbench.masks import MaskStore, export_gcnet_masks, parse_mask_spec
+
+    if split not in ("val", "test"):
+        raise ImerbenchError(f"--split {split}: use val or test")
+    corpus = load_dataset(dataset, data_root)
+    store = MaskStore(masks_dir or Path("runs/quick/masks"))
+    path = export_gcnet_masks(store, corpus, fold, split, parse_mask_spec(missing_rate), seed, out)
+    typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit status 2."""
+    try:
+        app()
+    except ImerbenchError as exc:
+        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        err_console.print("interrupted; finished cells are saved, run again to resume")
+        sys.exit(130)

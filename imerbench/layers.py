@@ -1,0 +1,57 @@
+"""Building blocks shared by several methods (one implementation, not copies)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Mlp(nn.Module):
+    """Linear -> GELU -> Dropout -> Linear -> Dropout (the MoMKE/ComP feed-forward)."""
+
+    def __init__(self, dim_in: int, hidden: int, dim_out: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim_in, hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim_out)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class KeyMaskedAttention(nn.Module):
+    """Self-attention over the utterances of a dialogue where only the KEYS are masked.
+
+    A query attends to the utterances where its stream's modality is present; a query
+    with no present key gets 0. Output is AV + Mlp(AV): no LayerNorm, no output projection
+    (as in MoMKE and ComP). Callers add it residually.
+    """
+
+    def __init__(self, dim: int, heads: int = 2, mlp_ratio: float = 1.0, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"dim {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.q = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout)
+
+    def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
+        # x: [B, L, D]; key_mask: [B, L] bool
+        b, n, d = x.shape
+
+        def split(t: Tensor) -> Tensor:  # [B, L, D] -> [B, H, L, D/H]
+            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q(x) * self.scale), split(self.k(x)), split(self.v(x))
+        logits = q @ k.transpose(-2, -1)  # [B, H, L, L]
+        keys = key_mask[:, None, None, :]
+        # A finite fill keeps the softmax and its gradient NaN-free for rows with no key.
+        logits = logits.masked_fill(~keys, torch.finfo(logits.dtype).min)
+        attn = logits.softmax(dim=-1) * keys.any(dim=-1, keepdim=True)
+        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, d)  # [B, L, D]
+        return out + self.mlp(out)

@@ -1,0 +1,32 @@
+"""Task losses over the real utterances of a batch (padding never counts)."""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from imerbench.batch import Batch
+
+
+def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """Mean of `values` where `keep` is True; 0 (with a gradient path) when nothing is kept.
+
+    Written as a weighted sum rather than boolean indexing so it never syncs with the host.
+    """
+    weight = keep.to(values.dtype)
+    return (values * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def task_loss(pred: Tensor, batch: Batch, where: Tensor | None = None) -> Tensor:
+    """Cross-entropy (classes) or MSE (regression), averaged over real utterances.
+
+    pred: [B, L, C]. `where` ([B, L] bool) narrows the utterances further (e.g. to those
+    where a modality is present); the mean is over the utterances kept.
+    """
+    keep = batch.valid if where is None else batch.valid & where
+    if batch.labels.dtype.is_floating_point:
+        per_utt = (pred.squeeze(-1) - batch.labels) ** 2
+    else:
+        per_utt = F.cross_entropy(pred.flatten(0, 1), batch.labels.flatten(), reduction="none")
+        per_utt = per_utt.view_as(keep)
+    return masked_mean(per_utt, keep)

@@ -1,0 +1,92 @@
+"""The method registry: methods register themselves; the harness creates them by name.
+
+Built-in methods live in `imerbench.methods` (the top-level `methods/` folder); third-party
+packages add theirs through the entry-point group `imerbench.methods`, whose entries name a
+module to import (importing it registers its methods).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+from imerbench.errors import ImerbenchError, unknown_name
+from imerbench.method import Method
+
+ENTRY_POINT_GROUP = "imerbench.methods"
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered name: the class and the fixed constructor arguments of this variant."""
+
+    name: str
+    cls: type[Method]
+    fixed: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_REGISTRY: dict[str, MethodEntry] = {}
+_loaded = False
+
+
+def register_method(
+    name: str, description: str = "", **fixed: Any
+) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator: `@register_method("late-fusion")`.
+
+    `fixed` holds hyper-parameters that define the variant (e.g. `modality="a"`); they are
+    not user-overridable. Registering a name twice warns and keeps the newer class.
+    """
+    if name != name.lower() or " " in name or "_" in name:
+        raise ValueError(f"method ids are lower-case with hyphens, not '{name}'")
+
+    def decorate(cls: type[Method]) -> type[Method]:
+        if name in _REGISTRY:
+            warnings.warn(f"method '{name}' registered twice; keeping {cls.__name__}", stacklevel=2)
+        summary = description or next(iter((cls.__doc__ or "").strip().splitlines()), "")
+        _REGISTRY[name] = MethodEntry(name, cls, dict(fixed), summary)
+        return cls
+
+    return decorate
+
+
+def _load_all() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    importlib.import_module("imerbench.methods")
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken plug-in must not take the harness down
+            warnings.warn(f"could not load method plug-in '{ep.name}': {exc}", stacklevel=2)
+
+
+def list_methods() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def get_entry(name: str) -> MethodEntry:
+    _load_all()
+    if name not in _REGISTRY:
+        raise unknown_name("method", name, _REGISTRY)
+    return _REGISTRY[name]
+
+
+def create_method(name: str, profile: str = "quick", **overrides: Any) -> Method:
+    """A method configured for a dataset profile, with the user's overrides validated."""
+    entry = get_entry(name)
+    fixed_clash = sorted(set(overrides) & set(entry.fixed))
+    if fixed_clash:
+        raise ImerbenchError(f"{name}: {', '.join(fixed_clash)} is fixed by this variant")
+    hp = entry.cls.resolve_hparams(name, profile, {**overrides, **entry.fixed})
+    method = entry.cls(**hp)
+    method.name = name
+    return method

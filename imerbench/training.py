@@ -1,0 +1,180 @@
+"""The one training loop. Every method is trained, evaluated and selected here.
+
+Selection, from one run:
+- `val`: the epoch with the best primary metric on validation, among the epochs of the
+  method's last stage; its weights are restored and the test split is scored once.
+- `test-oracle`: the epoch with the best primary metric on test, over all epochs (what the
+  published code reports). It needs a test evaluation every epoch; those scores never
+  influence `val`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from imerbench.batch import SplitData
+from imerbench.corpus import Corpus
+from imerbench.masks import MaskSpec, train_mask
+from imerbench.method import DataSpec, Method
+from imerbench.metrics import METRICS, compute_metrics
+from imerbench.seeding import derive_seed, rng
+
+Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
+
+
+class CellFailure(Exception):
+    """The run cannot go on (non-finite loss, ...); the cell is recorded as failed."""
+
+
+@dataclass
+class Selected:
+    """The outcome of one selection protocol."""
+
+    selection: str
+    epoch: int
+    test: Scores
+    state: dict[str, Tensor] = field(repr=False)
+
+
+@dataclass
+class TrainOutcome:
+    selected: dict[str, Selected]
+    history: list[tuple[int, str, str, str, str, float]]  # epoch, stage, split, output, metric, v
+    epochs: int
+    parameters: int
+    train_seconds: float
+    diagnostics: dict[str, float]
+
+
+def data_spec(corpus: Corpus) -> DataSpec:
+    return DataSpec(
+        task=corpus.task,
+        num_classes=corpus.num_classes,
+        widths=corpus.widths,
+        pad_length=corpus.pad_length,
+        num_speakers=len(corpus.speaker_names),
+    )
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task: str) -> Scores:
+    """Score every output of the model on a split under its current availability mask."""
+    was_training = model.training
+    model.eval()
+    preds: dict[str, list[Tensor]] = {}
+    for batch in data.batches(method.hp["batch_size"], fixed_length=method.fixed_length):
+        out = model(batch, stage)
+        outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
+        for name, pred in outputs.items():
+            preds.setdefault(name, []).append(pred[batch.valid])
+    model.train(was_training)
+    return {name: compute_metrics(task, torch.cat(p), data.target) for name, p in preds.items()}
+
+
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def train_cell(
+    method: Method,
+    corpus: Corpus,
+    splits: dict[str, SplitData],
+    *,
+    fold: int,
+    mask: MaskSpec,
+    seed: int,
+    primary: str,
+    oracle: bool = True,
+    log: Callable[[str], None] = lambda _: None,
+) -> TrainOutcome:
+    """Train one cell. `splits` hold the train/val/test data on the device, with the
+    validation and test masks already set; `val` may be absent (paper protocol)."""
+    train, val, test = splits["train"], splits.get("val"), splits["test"]
+    device = train.device
+    task = corpus.task
+    higher = METRICS[primary].higher_is_better
+    stream = (corpus.name, fold, str(mask), seed)
+    torch.manual_seed(derive_seed("init", method.name, *stream))
+
+    model = method.build(data_spec(corpus)).to(device)
+    optimizer = method.configure_optimizer(model)
+    epochs = method.hp["epochs"]
+    last_stage = method.stages[-1]
+    groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None
+    history: list[tuple[int, str, str, str, str, float]] = []
+    best: dict[str, tuple[float, int, dict[str, Tensor], Scores]] = {}
+
+    def consider(selection: str, value: float, epoch: int, test_scores: Scores) -> None:
+        if math.isnan(value):
+            return
+        current = best.get(selection)
+        if current is None or (value > current[0] if higher else value < current[0]):
+            best[selection] = (value, epoch, snapshot(model), test_scores)
+
+    start = time.perf_counter()
+    stage = None
+    for epoch in range(epochs):
+        if method.stage_of(epoch) != stage:
+            stage = method.stage_of(epoch)
+            method.on_stage_start(model, stage)
+        train.set_mask(
+            train_mask(corpus.name, fold, mask, seed, epoch, train.num_utterances, groups)
+        )
+        order = rng("order", *stream, epoch).permutation(train.num_dialogues)
+        model.train()
+        loss_sum = torch.zeros((), device=device)
+        steps = 0
+        for batch in train.batches(method.hp["batch_size"], order, method.fixed_length):
+            out = model(batch, stage)
+            loss = method.loss(model, out, batch, stage)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.after_backward(model, out, batch, stage)
+            optimizer.step()
+            loss_sum += loss.detach()
+            steps += 1
+        mean_loss = float(loss_sum) / max(steps, 1)  # one host sync per epoch
+        if not math.isfinite(mean_loss):
+            raise CellFailure(f"training loss became {mean_loss} in epoch {epoch} ({stage})")
+        history.append((epoch, stage, "train", "fused", "loss", mean_loss))
+
+        val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
+        method.on_epoch_end(model, epoch, stage, val_scores)
+        test_scores = evaluate(model, method, test, stage, task) if oracle else {}
+        for split, scores in (("val", val_scores), ("test", test_scores)):
+            for output, values in scores.items():
+                history.extend((epoch, stage, split, output, k, v) for k, v in values.items())
+        if val_scores and stage == last_stage:
+            consider("val", val_scores["fused"][primary], epoch, {})
+        if oracle:
+            consider("test-oracle", test_scores["fused"][primary], epoch, test_scores)
+        shown = [f"loss {mean_loss:.4f}"]
+        shown += [
+            f"{s} {primary} {sc['fused'][primary]:.4f}"
+            for s, sc in (("val", val_scores), ("test", test_scores))
+            if sc
+        ]
+        log(f"epoch {epoch + 1}/{epochs} [{stage}] " + " ".join(shown))
+    train_seconds = time.perf_counter() - start
+
+    selected: dict[str, Selected] = {}
+    if "val" in best:
+        _, epoch, state, _ = best["val"]
+        model.load_state_dict(state)
+        scores = evaluate(model, method, test, last_stage, task)  # the one test evaluation
+        selected["val"] = Selected("val", epoch, scores, state)
+        log(f"val selection: epoch {epoch + 1}, test {primary} {scores['fused'][primary]:.4f}")
+    elif val is not None and val.num_utterances:
+        raise CellFailure("validation never produced a finite score; nothing to select")
+    if "test-oracle" in best:
+        _, epoch, state, scores = best["test-oracle"]
+        selected["test-oracle"] = Selected("test-oracle", epoch, scores, state)
+    diagnostics = method.diagnostics(model)
+    parameters = sum(p.numel() for p in model.parameters())
+    return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)

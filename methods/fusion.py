@@ -1,0 +1,100 @@
+"""Fusion references: the floor any IMER method must clear.
+
+- `early-fusion`: the present modalities (zeroed where missing) and the availability flags,
+  concatenated per utterance, into an MLP. No dialogue context.
+- `late-fusion`: one MLP per modality; the fused prediction averages the present
+  modalities' predictions; each per-modality head is also trained on its own.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imerbench.batch import Batch
+from imerbench.corpus import MODALITIES
+from imerbench.losses import task_loss
+from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.registry import register_method
+
+PROFILES = {
+    "quick": {"epochs": 12, "batch_size": 16, "hidden": 128},
+    "iemocap": {"epochs": 100, "batch_size": 16},
+    "mosi": {"epochs": 100, "batch_size": 32},
+    "mosei": {"epochs": 50, "batch_size": 32},
+}
+
+
+def present_features(batch: Batch) -> list[Tensor]:
+    """Each modality's features with missing positions zeroed, whatever the input held."""
+    avail = batch.available.to(batch.features["a"].dtype)
+    return [batch.features[m] * avail[..., k : k + 1] for k, m in enumerate(MODALITIES)]
+
+
+def mlp(dim_in: int, hidden: int, dim_out: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(dim_in, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(),
+        nn.Dropout(dropout),
+        nn.Linear(hidden, dim_out),
+    )
+
+
+class EarlyFusionNet(nn.Module):
+    def __init__(self, spec: DataSpec, hidden: int, dropout: float) -> None:
+        super().__init__()
+        dim_in = sum(spec.widths.values()) + len(MODALITIES)
+        self.net = mlp(dim_in, hidden, spec.num_classes, dropout)
+
+    def forward(self, batch: Batch, stage: str) -> ModelOutput:
+        flags = batch.available.to(batch.features["a"].dtype)  # [B, L, M]
+        x = torch.cat([*present_features(batch), flags], dim=-1)  # [B, L, sum d_m + M]
+        return ModelOutput(fused=self.net(x))
+
+
+@register_method("early-fusion")
+class EarlyFusion(Method):
+    """Mask-aware concatenation of the present modalities into an MLP (no context)."""
+
+    params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
+    profiles = PROFILES
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        return EarlyFusionNet(spec, self.hp["hidden"], self.hp["dropout"])
+
+
+class LateFusionNet(nn.Module):
+    def __init__(self, spec: DataSpec, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.nets = nn.ModuleDict(
+            {m: mlp(spec.widths[m], hidden, spec.num_classes, dropout) for m in MODALITIES}
+        )
+
+    def forward(self, batch: Batch, stage: str) -> ModelOutput:
+        xs = present_features(batch)
+        heads = {m: self.nets[m](x) for m, x in zip(MODALITIES, xs, strict=True)}  # [B, L, C]
+        avail = batch.available.to(xs[0].dtype).unsqueeze(-1)  # [B, L, M, 1]
+        stacked = torch.stack([heads[m] for m in MODALITIES], dim=2)  # [B, L, M, C]
+        fused = (stacked * avail).sum(2) / avail.sum(2).clamp(min=1.0)
+        return ModelOutput(fused=fused, heads=heads)
+
+
+@register_method("late-fusion")
+class LateFusion(Method):
+    """Per-modality MLPs averaged over the present modalities."""
+
+    params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
+    profiles = PROFILES
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        return LateFusionNet(spec, self.hp["hidden"], self.hp["dropout"])
+
+    def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
+        unimodal = [
+            task_loss(out.heads[m], batch, where=batch.available[..., k])
+            for k, m in enumerate(MODALITIES)
+        ]
+        return task_loss(out.fused, batch) + sum(unimodal) / len(unimodal)

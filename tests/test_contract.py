@@ -1,0 +1,156 @@
+"""The contract every registered method must keep, checked the moment it registers.
+
+On a tiny corpus, for every method and every stage: every missing pattern runs and gives
+finite outputs, the loss is finite, every parameter not declared idle gets a gradient,
+values at missing positions cannot change the output, a fixed seed reproduces the run, and
+the method learns a problem that every modality makes easy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_corpus import tiny_corpus
+
+from imerbench.batch import SplitData
+from imerbench.masks import MaskStore, draw_rate_mask, parse_mask_spec
+from imerbench.method import Method
+from imerbench.registry import create_method, list_methods
+from imerbench.training import data_spec, train_cell
+
+METHODS = list_methods()
+CONDITIONS = ("a", "t", "v", "at", "av", "tv", "atv")
+
+
+def stages(method: Method) -> list[tuple[int, str]]:
+    """(first epoch, stage name) of each stage."""
+    seen: dict[str, int] = {}
+    for epoch in range(method.hp["epochs"]):
+        seen.setdefault(method.stage_of(epoch), epoch)
+    return [(e, s) for s, e in seen.items()]
+
+
+def build(name: str, task: str = "classification", **overrides: object):
+    corpus = tiny_corpus(task, num_dialogues=32)
+    method = create_method(name, "quick", **overrides)
+    torch.manual_seed(0)
+    model = method.build(data_spec(corpus))
+    pad_to = corpus.pad_length if method.fixed_length else None
+    data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu", pad_to=pad_to)
+    return corpus, method, model, data
+
+
+def first_batch(method: Method, data: SplitData, zero_fill: bool = True):
+    return next(iter(data.batches(64, None, method.fixed_length, zero_fill=zero_fill)))
+
+
+@pytest.mark.parametrize("task", ["classification", "regression"])
+@pytest.mark.parametrize("name", METHODS)
+def test_every_missing_pattern_runs(name: str, task: str) -> None:
+    corpus, method, model, data = build(name, task)
+    model.eval()
+    for _, stage in stages(method):
+        method.on_stage_start(model, stage)
+        for condition in CONDITIONS:
+            keep = np.array([m in condition for m in "atv"])
+            data.set_mask(np.tile(keep, (data.num_utterances, 1)))
+            batch = first_batch(method, data)
+            with torch.no_grad():
+                out = model(batch, stage)
+            assert out.fused.shape == (*batch.valid.shape, corpus.num_classes)
+            assert torch.isfinite(out.fused[batch.valid]).all(), (stage, condition)
+            for head in out.heads.values():
+                assert head.shape == out.fused.shape
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_loss_is_finite_and_every_parameter_learns(name: str) -> None:
+    _corpus, method, model, data = build(name)
+    data.set_mask(draw_rate_mask(data.num_utterances, 0.3, np.random.default_rng(0)))
+    batch = first_batch(method, data)
+    model.train()
+    for _, stage in stages(method):
+        method.on_stage_start(model, stage)
+        model.zero_grad(set_to_none=True)
+        out = model(batch, stage)
+        loss = method.loss(model, out, batch, stage)
+        assert torch.isfinite(loss), stage
+        loss.backward()
+        method.after_backward(model, out, batch, stage)
+        idle = method.idle_parameters(model, stage)
+        starved = [
+            n
+            for n, p in model.named_parameters()
+            if n not in idle and (p.grad is None or not torch.any(p.grad != 0))
+        ]
+        assert not starved, f"{stage}: no gradient reaches {starved[:5]}"
+        bad = [
+            n
+            for n, p in model.named_parameters()
+            if p.grad is not None and not torch.isfinite(p.grad).all()
+        ]
+        assert not bad, f"{stage}: non-finite gradient in {bad[:5]}"
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_values_at_missing_positions_cannot_leak(name: str) -> None:
+    _corpus, method, model, data = build(name)
+    data.set_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(1)))
+    model.eval()
+    clean = first_batch(method, data, zero_fill=True)
+    if method.zero_fill:  # the harness's promise to such a method: zeros where missing
+        for k, m in enumerate("atv"):
+            assert torch.all(clean.features[m][~clean.available[..., k]] == 0)
+        return
+    gen = torch.Generator().manual_seed(2)
+    noisy = {}
+    for k, m in enumerate("atv"):
+        x = clean.features[m]
+        garbage = 100 * torch.randn(x.shape, generator=gen)
+        noisy[m] = torch.where(clean.available[..., k : k + 1], x, garbage)
+    assert any(not torch.equal(noisy[m], clean.features[m]) for m in "atv")
+    dirty = clean.replace(features=noisy)
+    for _, stage in stages(method):
+        method.on_stage_start(model, stage)
+        with torch.no_grad():
+            a, b = model(clean, stage), model(dirty, stage)
+        valid = clean.valid
+        torch.testing.assert_close(a.fused[valid], b.fused[valid], rtol=1e-5, atol=1e-5)
+        for m in a.heads:
+            torch.testing.assert_close(a.heads[m][valid], b.heads[m][valid], rtol=1e-5, atol=1e-5)
+
+
+def run_tiny(name: str, epochs: int, seed: int = 0, rate: str = "0.0"):
+    corpus = tiny_corpus(num_dialogues=48, seed=3)
+    method = create_method(name, "quick", epochs=epochs)
+    if "stage_epoch" in method.hp:
+        method.hp["stage_epoch"] = epochs // 2
+    spec = parse_mask_spec(rate)
+    store = MaskStore(None)
+    pad_to = corpus.pad_length if method.fixed_length else None
+    splits = {}
+    for split in ("train", "val", "test"):
+        data = SplitData(corpus, corpus.fold(0).get(split), "cpu", pad_to=pad_to)
+        if split != "train":
+            data.set_mask(store.get(corpus, 0, split, spec, seed))
+        splits[split] = data
+    return train_cell(method, corpus, splits, fold=0, mask=spec, seed=seed, primary="wa")
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_fixed_seed_reproduces_the_run(name: str) -> None:
+    first, second = run_tiny(name, epochs=3, rate="0.3"), run_tiny(name, epochs=3, rate="0.3")
+    assert first.history == second.history
+    for key, selected in first.selected.items():
+        other = second.selected[key]
+        assert selected.epoch == other.epoch
+        for param, value in selected.state.items():
+            assert torch.equal(value, other.state[param]), param
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_method_learns_an_easy_problem(name: str) -> None:
+    outcome = run_tiny(name, epochs=30)
+    # Three classes (chance 1/3); every modality carries the label with little noise.
+    assert outcome.selected["val"].test["fused"]["wa"] >= 0.7

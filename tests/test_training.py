@@ -1,0 +1,163 @@
+"""The training loop's promises: honest selection, one test evaluation, failures caught."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from tiny_corpus import tiny_corpus
+
+import imerbench.training as training
+from imerbench.batch import SplitData
+from imerbench.corpus import Corpus, without_validation
+from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.registry import create_method
+from imerbench.training import CellFailure, train_cell
+
+
+def splits_for(corpus: Corpus, spec: str = "0.0", with_val: bool = True):
+    store, mask = MaskStore(None), parse_mask_spec(spec)
+    fold = corpus.fold(0) if with_val else without_validation(corpus.fold(0))
+    out = {}
+    for split in ("train", "val", "test") if with_val else ("train", "test"):
+        data = SplitData(corpus, fold.get(split), "cpu")
+        if split != "train":
+            data.set_mask(store.get(corpus, 0, split, mask, 0))
+        out[split] = data
+    return out
+
+
+def shifted_test_labels(corpus: Corpus) -> Corpus:
+    """Test labels rotated by one class: the better the model, the worse its test score."""
+    labels = corpus.labels.copy()
+    test = corpus.split_utterances(0, "test")
+    labels[test] = (labels[test] + 1) % corpus.num_classes
+    corpus.labels = labels
+    return corpus
+
+
+def test_val_and_oracle_pick_different_epochs_when_splits_disagree() -> None:
+    corpus = shifted_test_labels(tiny_corpus(num_dialogues=48, seed=5))
+    method = create_method("early-fusion", "quick", epochs=12)
+    outcome = train_cell(
+        method, corpus, splits_for(corpus), fold=0, mask=parse_mask_spec("0"), seed=0, primary="wa"
+    )
+    val, oracle = outcome.selected["val"], outcome.selected["test-oracle"]
+    assert val.epoch != oracle.epoch
+    val_curve = [
+        v for e, st, sp, o, m, v in outcome.history if sp == "val" and o == "fused" and m == "wa"
+    ]
+    test_curve = [
+        v for e, st, sp, o, m, v in outcome.history if sp == "test" and o == "fused" and m == "wa"
+    ]
+    assert val.epoch == int(np.argmax(val_curve))
+    assert oracle.epoch == int(np.argmax(test_curve))
+    # The val-selected model is scored on test afresh, and agrees with that epoch's test score.
+    assert val.test["fused"]["wa"] == pytest.approx(test_curve[val.epoch], abs=1e-9)
+    assert oracle.test["fused"]["wa"] > val.test["fused"]["wa"]
+
+
+@pytest.mark.parametrize("oracle", [False, True])
+def test_test_split_is_scored_once_for_val_selection(monkeypatch, oracle: bool) -> None:
+    corpus = tiny_corpus(num_dialogues=32)
+    splits = splits_for(corpus)
+    calls = {"val": 0, "test": 0}
+    real = training.evaluate
+
+    def counting(model, method, data, stage, task):
+        for name in ("val", "test"):
+            if data is splits[name]:
+                calls[name] += 1
+        return real(model, method, data, stage, task)
+
+    monkeypatch.setattr(training, "evaluate", counting)
+    method = create_method("late-fusion", "quick", epochs=5)
+    outcome = train_cell(
+        method,
+        corpus,
+        splits,
+        fold=0,
+        mask=parse_mask_spec("0.3"),
+        seed=0,
+        primary="wa",
+        oracle=oracle,
+    )
+    assert calls["val"] == 5
+    assert calls["test"] == (5 + 1 if oracle else 1)
+    assert set(outcome.selected) == ({"val", "test-oracle"} if oracle else {"val"})
+
+
+def test_val_selection_only_considers_the_last_stage() -> None:
+    corpus = tiny_corpus(num_dialogues=32)
+    method = create_method("unimodal-t", "quick", epochs=6)
+    type(method).stages = ("warm-up", "train")  # a two-stage method, for this test only
+    try:
+        method.hp["stage_epoch"] = 4
+        outcome = train_cell(
+            method,
+            corpus,
+            splits_for(corpus),
+            fold=0,
+            mask=parse_mask_spec("0"),
+            seed=0,
+            primary="wa",
+        )
+    finally:
+        type(method).stages = ("train",)
+    assert outcome.selected["val"].epoch >= 4
+
+
+def test_paper_protocol_has_no_val_selection() -> None:
+    corpus = tiny_corpus(num_dialogues=32)
+    splits = splits_for(corpus, with_val=False)
+    assert splits["train"].num_dialogues == len(corpus.fold(0).train) + len(corpus.fold(0).val)
+    method = create_method("early-fusion", "quick", epochs=3)
+    outcome = train_cell(
+        method, corpus, splits, fold=0, mask=parse_mask_spec("0"), seed=0, primary="wa"
+    )
+    assert set(outcome.selected) == {"test-oracle"}
+
+
+def test_non_finite_loss_fails_the_cell() -> None:
+    corpus = tiny_corpus(num_dialogues=16)
+    method = create_method("early-fusion", "quick", epochs=2)
+    original = method.loss
+    method.loss = lambda *a: original(*a) * torch.tensor(float("nan"))  # type: ignore[method-assign]
+    with pytest.raises(CellFailure, match="nan"):
+        train_cell(
+            method,
+            corpus,
+            splits_for(corpus),
+            fold=0,
+            mask=parse_mask_spec("0"),
+            seed=0,
+            primary="wa",
+        )
+
+
+def test_training_masks_follow_the_cell_not_the_method(monkeypatch) -> None:
+    corpus = tiny_corpus(num_dialogues=24)
+    seen: dict[str, list[np.ndarray]] = {}
+    real = training.train_mask
+
+    for name, batch_size in (("early-fusion", 4), ("unimodal-a", 7)):
+
+        def record(*args, _name=name, **kwargs):
+            mask = real(*args, **kwargs)
+            seen.setdefault(_name, []).append(mask)
+            return mask
+
+        monkeypatch.setattr(training, "train_mask", record)
+        method = create_method(name, "quick", epochs=2, batch_size=batch_size)
+        train_cell(
+            method,
+            corpus,
+            splits_for(corpus),
+            fold=0,
+            mask=parse_mask_spec("0.5"),
+            seed=3,
+            primary="wa",
+        )
+    a, b = seen["early-fusion"], seen["unimodal-a"]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
+    assert not np.array_equal(a[0], a[1])  # redrawn every epoch

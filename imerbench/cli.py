@@ -90,10 +90,10 @@ def run(
         for cell in todo:
             console.print(f"  {cell.describe()}  ~{estimates[cell]:.0f} s")
         total = sum(estimates.values())
+        parallel = f" (about {total / 60 / jobs:.1f} min with {jobs} jobs)" if jobs > 1 else ""
         console.print(
             f"{len(todo)} cells to run ({len(done)} already finished) in {options.out}; "
-            f"estimated {total / 60:.1f} min on {ws.device} with 1 job "
-            f"(about {total / 60 / max(jobs, 1):.1f} min with {jobs})"
+            f"estimated {total / 60:.1f} min on {ws.device} one cell at a time{parallel}"
         )
         return
 

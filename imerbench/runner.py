@@ -244,6 +244,7 @@ def run_cell(cell: Cell, ws: Workspace) -> CellReport:
     digest = config_hash(config)
     folder = cell_folder(store, cell, digest)
     folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(folder)
     info = resolve_dataset(cell.dataset)
     base: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
@@ -334,6 +335,14 @@ def write_artifacts(
             os.replace(tmp, path)
 
 
+def remove_stale_temporaries(folder: Path) -> None:
+    """Half-written files of a killed run (never read: only complete files are renamed in)."""
+    for stale in folder.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
+    for stale in folder.glob("*.pt.tmp"):
+        stale.unlink(missing_ok=True)
+
+
 def pending_cells(grid: Grid, options: RunOptions) -> tuple[list[Cell], list[Cell]]:
     """(cells to run, cells already finished), validating every cell's method first."""
     store = ResultStore(options.out)
@@ -370,6 +379,7 @@ def run_grid(
 ) -> ResultStore:
     """Run (or resume) a grid; returns the store whose results.csv is up to date."""
     options.out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(options.out)
     resolve_device(options.device)  # fail before any work
     todo, done = pending_cells(grid, options)
     ws = Workspace(grid, options)

@@ -1,0 +1,158 @@
+"""Grid files, CLI options and their one-line errors; the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import sys
+import tomllib
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from imerbench.cli import main
+from imerbench.errors import ImerbenchError
+from imerbench.grid import default_grid, grid_from_dict, load_grid, parse_method_ref
+from imerbench.registry import create_method, list_methods
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["imerbench", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def one_line_error(monkeypatch, capsys, *args: str) -> str:
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_default_grid_is_every_method_on_synthetic() -> None:
+    grid = default_grid()
+    assert [m.label for m in grid.methods] == list_methods()
+    assert grid.datasets == ["synthetic"]
+    assert [str(m) for m in grid.missing_rates] == ["0.0", "0.3", "0.5", "0.7"]
+    assert grid.seeds == [0, 1]
+    assert len(grid.cells()) == len(list_methods()) * 8
+
+
+def test_benchmarks_quick_grid_mirrors_the_built_in_one() -> None:
+    mirror = tomllib.loads((ROOT / "benchmarks/grids/quick.toml").read_text())
+    builtin = tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
+    assert mirror == builtin
+
+
+def test_paper_grid_is_the_published_grid() -> None:
+    grid = load_grid(ROOT / "benchmarks/grids/paper.toml")
+    assert set(grid.datasets) == {"iemocap4", "iemocap6", "mosi", "mosei"}
+    assert [m.rate for m in grid.missing_rates] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
+    assert grid.protocol == "default"
+    assert len(grid.seeds) >= 3
+
+
+def test_method_overrides_parse_and_validate() -> None:
+    ref = parse_method_ref("unimodal-a[hidden=32, dropout=0.1]")
+    assert ref.name == "unimodal-a"
+    assert dict(ref.overrides) == {"hidden": 32, "dropout": 0.1}
+    assert ref.label == "unimodal-a[dropout=0.1,hidden=32]"
+    method = create_method(ref.name, "quick", **dict(ref.overrides))
+    assert method.hp["hidden"] == 32
+    with pytest.raises(ImerbenchError, match="hidne.*did you mean 'hidden'"):
+        create_method("unimodal-a", "quick", hidne=3)
+    with pytest.raises(ImerbenchError, match="dropout=2.0 is above its maximum"):
+        create_method("unimodal-a", "quick", dropout=2.0)
+    with pytest.raises(ImerbenchError, match="modality is fixed"):
+        create_method("unimodal-a", "quick", modality="t")
+
+
+def test_profiles_differ_per_dataset() -> None:
+    quick = create_method("unimodal-a", "quick")
+    mosi = create_method("unimodal-a", "mosi")
+    assert quick.hp["epochs"] < mosi.hp["epochs"]
+    assert mosi.hp["batch_size"] == 32
+
+
+@pytest.mark.parametrize(
+    ("raw", "words"),
+    [
+        ({"methods": ["early-fusion"], "missng_rates": [0.1]}, "unknown key 'missng_rates'"),
+        ({"methods": ["early-fusoin"]}, "did you mean 'early-fusion'"),
+        ({"methods": ["early-fusion"], "missing_rates": [0.8]}, "0.8"),
+        ({"methods": ["early-fusion", "early-fusion"]}, "twice"),
+        ({"methods": ["early-fusion"], "seeds": ["x"]}, "not an integer"),
+        ({"methods": ["early-fusion"], "datasets": ["iemocap"]}, "did you mean"),
+        ({"methods": ["early-fusion"], "protocol": "papers"}, "protocol 'papers'"),
+    ],
+)
+def test_bad_grids_fail_with_a_clear_message(raw: dict, words: str) -> None:
+    with pytest.raises(ImerbenchError, match=words):
+        grid_from_dict(raw, "grid.toml")
+
+
+def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
+    line = one_line_error(monkeypatch, capsys, "run", "--methods", "late-fuson", "--dry-run")
+    assert "unknown method 'late-fuson'" in line and "late-fusion" in line
+    line = one_line_error(monkeypatch, capsys, "run", "--missing-rates", "0.9", "--dry-run")
+    assert "0.9" in line
+    bad = tmp_path / "bad.toml"
+    bad.write_text('methods = ["early-fusion"]\nseed = [1]\n')
+    line = one_line_error(monkeypatch, capsys, "run", str(bad))
+    assert "unknown key 'seed'" in line and "did you mean 'seeds'" in line
+    line = one_line_error(monkeypatch, capsys, "run", str(tmp_path / "nope.toml"))
+    assert "does not exist" in line
+    line = one_line_error(monkeypatch, capsys, "run", "--datasets", "mosi", "--dry-run")
+    assert "--data-root" in line
+    line = one_line_error(monkeypatch, capsys, "table", str(tmp_path / "empty"))
+    assert "no results" in line
+
+
+def test_cli_run_table_and_list(monkeypatch, capsys, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "run", "--methods", "early-fusion,unimodal-v", "--missing-rates",
+        "0.0", "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
+    )  # fmt: skip
+    assert code == 0
+    assert "4 cells ran, 0 failed" in stdout
+    assert "| early-fusion |" in stdout and "Bayes limit" in stdout
+    code, table_md, _ = run_cli(monkeypatch, capsys, "table", str(out))
+    assert code == 0 and "| unimodal-v |" in table_md
+    # The table is computed from the rows: change a row and the table changes.
+    code, table_csv, _ = run_cli(monkeypatch, capsys, "table", str(out), "--format", "csv")
+    rows_file = next(out.glob("cells/synthetic/early-fusion/*seed0*/rows.csv"))
+    rows = pd.read_csv(rows_file)
+    rows.loc[(rows["selection"] == "val") & (rows["metric"] == "wa"), "value"] = 0.123
+    rows.to_csv(rows_file, index=False)
+    _, changed_csv, _ = run_cli(monkeypatch, capsys, "table", str(out), "--format", "csv")
+    before = pd.read_csv(pd.io.common.StringIO(table_csv)).set_index("method")
+    after = pd.read_csv(pd.io.common.StringIO(changed_csv)).set_index("method")
+    assert after.at["unimodal-v", "mean"] == before.at["unimodal-v", "mean"]
+    seed1 = pd.read_csv(next(out.glob("cells/synthetic/early-fusion/*seed1*/rows.csv")))
+    other = seed1.query("selection == 'val' and metric == 'wa' and output == 'fused'")["value"]
+    assert after.at["early-fusion", "mean"] == pytest.approx((0.123 + other.iloc[0]) / 2)
+    code, listing, _ = run_cli(monkeypatch, capsys, "list")
+    assert code == 0
+    for name in list_methods():
+        assert name in listing
+    assert "iemocap4" in listing and "IEMOCAPFour" in listing
+
+
+def test_dry_run_lists_cells_with_an_estimate(monkeypatch, capsys, tmp_path: Path) -> None:
+    code, stdout, _ = run_cli(
+        monkeypatch, capsys, "run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
+        "--dry-run", "--device", "cpu", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert code == 0
+    assert stdout.count("late-fusion synthetic") == 4  # 2 rates x the quick grid's 2 seeds
+    assert "4 cells to run (0 already finished)" in stdout
+    assert not list(tmp_path.glob("cells/*"))  # nothing trained

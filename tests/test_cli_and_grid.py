@@ -67,9 +67,9 @@ def test_method_overrides_parse_and_validate() -> None:
     assert ref.label == "unimodal-a[dropout=0.1,hidden=32]"
     method = create_method(ref.name, "quick", **dict(ref.overrides))
     assert method.hp["hidden"] == 32
-    with pytest.raises(ImerbenchError, match="hidne.*did you mean 'hidden'"):
+    with pytest.raises(ImerbenchError, match=r"hidne.*did you mean 'hidden'"):
         create_method("unimodal-a", "quick", hidne=3)
-    with pytest.raises(ImerbenchError, match="dropout=2.0 is above its maximum"):
+    with pytest.raises(ImerbenchError, match=r"dropout=2\.0 is above its maximum"):
         create_method("unimodal-a", "quick", dropout=2.0)
     with pytest.raises(ImerbenchError, match="modality is fixed"):
         create_method("unimodal-a", "quick", modality="t")

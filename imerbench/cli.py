@@ -38,7 +38,9 @@ def run(
     folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
     executor: Annotated[str, typer.Option(help="local")] = "local",
-    jobs: Annotated[int, typer.Option(help="cells trained at once (processes)")] = 1,
+    jobs: Annotated[
+        int, typer.Option(help="cells trained at once, in processes (0: one per CPU core on CPU)")
+    ] = 0,
     epochs: Annotated[int | None, typer.Option(help="override every method's epochs")] = None,
     protocol: Annotated[str | None, typer.Option(help="default or paper")] = None,
     widths: Annotated[str | None, typer.Option(help="synthetic widths: small or real")] = None,
@@ -59,8 +61,8 @@ def run(
         raise ImerbenchError(f"executor '{executor}' is not available; use --executor local")
     if missing_features not in ("refuse", "mark"):
         raise ImerbenchError(f"--missing-features {missing_features}: use refuse or mark")
-    if jobs < 1:
-        raise ImerbenchError(f"--jobs {jobs}: must be at least 1")
+    if jobs < 0:
+        raise ImerbenchError(f"--jobs {jobs}: use 0 (automatic) or a positive count")
     grid = load_grid(
         grid_file or default_grid_path(),
         methods=methods,
@@ -90,7 +92,8 @@ def run(
         for cell in todo:
             console.print(f"  {cell.describe()}  ~{estimates[cell]:.0f} s")
         total = sum(estimates.values())
-        parallel = f" (about {total / 60 / jobs:.1f} min with {jobs} jobs)" if jobs > 1 else ""
+        n = options.resolved_jobs()
+        parallel = f" (about {total / 60 / n:.1f} min with {n} jobs)" if n > 1 else ""
         console.print(
             f"{len(todo)} cells to run ({len(done)} already finished) in {options.out}; "
             f"estimated {total / 60:.1f} min on {ws.device} one cell at a time{parallel}"

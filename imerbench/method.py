@@ -90,7 +90,10 @@ class Method:
       hyper-parameter is the first epoch of the second one;
     - `zero_fill`: True if the model relies on missing inputs being zero (it is then
       always fed zero-filled input; otherwise it must ignore values at missing positions);
-    - `fixed_length`: True if batches must be padded to the dataset's `pad_length`.
+    - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
+    - `batch_dependent`: True if a prediction depends on the other dialogues of its batch
+      (e.g. prototypes pooled over the batch); evaluation then uses the training batch size,
+      as the published code does, instead of large evaluation batches.
     """
 
     name: str = ""  # the registered id, set by `create_method`
@@ -99,6 +102,8 @@ class Method:
     stages: ClassVar[tuple[str, ...]] = ("train",)
     zero_fill: ClassVar[bool] = False
     fixed_length: ClassVar[bool] = False
+    batch_dependent: ClassVar[bool] = False
+    eval_batch_size: ClassVar[int] = 256  # dialogues per evaluation batch
 
     def __init__(self, **hparams: Any) -> None:
         self.hp: dict[str, Any] = dict(hparams)
@@ -138,6 +143,9 @@ class Method:
     def build(self, spec: DataSpec) -> nn.Module:
         """The model; its forward takes (batch, stage) and returns a `ModelOutput`."""
         raise NotImplementedError
+
+    def evaluation_batch_size(self) -> int:
+        return self.hp["batch_size"] if self.batch_dependent else self.eval_batch_size
 
     def stage_of(self, epoch: int) -> str:
         if len(self.stages) == 1:

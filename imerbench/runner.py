@@ -7,12 +7,15 @@ folder; only the parent process rebuilds the merged `results.csv`.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import math
 import os
 import platform
+import signal
 import subprocess
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -45,10 +48,17 @@ class RunOptions:
 
     out: Path
     device: str = "auto"
-    jobs: int = 1
+    jobs: int = 1  # 0: automatic
     retry_failed: bool = False
     save_weights: bool = True
     missing_features: str = "refuse"
+
+    def resolved_jobs(self) -> int:
+        """Automatic: one single-threaded process per core on CPU (tiny models use one
+        core badly), one process on a GPU."""
+        if self.jobs > 0:
+            return self.jobs
+        return 1 if resolve_device(self.device).type == "cuda" else max(1, os.cpu_count() or 1)
 
 
 @dataclass
@@ -361,8 +371,19 @@ def pending_cells(grid: Grid, options: RunOptions) -> tuple[list[Cell], list[Cel
 _WORKSPACE: Workspace | None = None
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker is killed with its parent, so a killed run leaves no orphan writing."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
 def _worker_init(grid: Grid, options: RunOptions, threads: int) -> None:
     global _WORKSPACE
+    _die_with_parent()
     torch.set_num_threads(threads)
     _WORKSPACE = Workspace(grid, options)
 
@@ -388,15 +409,16 @@ def run_grid(
     store = ResultStore(options.out)
     for cell in done:
         on_cell(CellReport(cell, "skipped"))
-    if options.jobs <= 1 or len(todo) <= 1:
+    jobs = options.resolved_jobs()
+    if jobs <= 1 or len(todo) <= 1:
         for cell in todo:
             on_cell(run_cell(cell, ws))
             store.merge()
     else:
-        threads = max(1, (os.cpu_count() or 1) // options.jobs)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
         context = get_context("spawn")
         with ProcessPoolExecutor(
-            options.jobs,
+            jobs,
             mp_context=context,
             initializer=_worker_init,
             initargs=(grid, options, threads),

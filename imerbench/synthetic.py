@@ -318,7 +318,12 @@ def generate_synthetic(dataset_id: str, widths: str = "small", seed: int = 0) ->
         task, num_classes, prefix = "regression", 1, "vid"
     features = {m: _embed(gen, latents[m], dims[m], noise) for m in MODALITIES}
     fold = _split(gen, lengths)
-    dialogue_ids = tuple(f"{prefix}{d:05d}" for d in range(len(lengths)))
+    # Emotion dialogues carry an IEMOCAP-style session digit at index 4 (Ses01..Ses05), so
+    # the corpus written in the GCNet layout gets IEMOCAP's five leave-one-session-out folds.
+    dialogue_ids = tuple(
+        f"Ses0{d % 5 + 1}_{prefix}{d:05d}" if task == "classification" else f"{prefix}{d:05d}"
+        for d in range(len(lengths))
+    )
     utterance_ids = tuple(
         f"{dialogue_ids[d]}_{j:03d}" for d, n in enumerate(lengths) for j in range(int(n))
     )

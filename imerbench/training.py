@@ -68,7 +68,8 @@ def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task
     was_training = model.training
     model.eval()
     preds: dict[str, list[Tensor]] = {}
-    for batch in data.batches(method.hp["batch_size"], fixed_length=method.fixed_length):
+    size = method.evaluation_batch_size()
+    for batch in data.batches(size, fixed_length=method.fixed_length):
         out = model(batch, stage)
         outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
         for name, pred in outputs.items():

@@ -55,3 +55,35 @@ class KeyMaskedAttention(nn.Module):
         attn = logits.softmax(dim=-1) * keys.any(dim=-1, keepdim=True)
         out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, d)  # [B, L, D]
         return out + self.mlp(out)
+
+
+class ExpertStack(nn.Module):
+    """`depth` layers, each holding one key-masked attention module per modality.
+
+    The MoMKE "experts" (and ComP's blocks): a stream is sent through the modules of one
+    chosen modality, layer after layer, residually: x = x + layer[expert](x). Which keys a
+    stream may attend to is the caller's choice (usually where its own modality is present).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        heads: int = 2,
+        mlp_ratio: float = 1.0,
+        dropout: float = 0.0,
+        modalities: tuple[str, ...] = ("a", "t", "v"),
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            nn.ModuleDict(
+                {m: KeyMaskedAttention(dim, heads, mlp_ratio, dropout) for m in modalities}
+            )
+            for _ in range(depth)
+        )
+
+    def forward(self, x: Tensor, expert: str, key_mask: Tensor) -> Tensor:
+        # x: [B, L, D]; key_mask: [B, L] bool
+        for layer in self.layers:
+            x = x + layer[expert](x, key_mask)
+        return x

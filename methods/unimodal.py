@@ -11,7 +11,7 @@ from torch import nn
 
 from imerbench.batch import Batch
 from imerbench.corpus import MODALITIES
-from imerbench.layers import KeyMaskedAttention
+from imerbench.layers import ExpertStack
 from imerbench.method import DataSpec, Method, ModelOutput, Param
 from imerbench.registry import register_method
 
@@ -24,17 +24,14 @@ class UnimodalNet(nn.Module):
         self.index = MODALITIES.index(modality)
         self.modality = modality
         self.proj = nn.Sequential(nn.Linear(spec.widths[modality], hidden), nn.Dropout(dropout))
-        self.layers = nn.ModuleList(
-            KeyMaskedAttention(hidden, heads, dropout=dropout) for _ in range(depth)
-        )
+        self.experts = ExpertStack(hidden, depth, heads, dropout=dropout, modalities=(modality,))
         self.head = nn.Linear(hidden, spec.num_classes)
 
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
         present = batch.available[..., self.index]  # [B, L]
         x = batch.features[self.modality]
         x = self.proj(x * present.unsqueeze(-1).to(x.dtype))  # [B, L, D]
-        for layer in self.layers:
-            x = x + layer(x, present)
+        x = self.experts(x, self.modality, present)
         return ModelOutput(fused=self.head(x))
 
 

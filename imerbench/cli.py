@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from imerbench.errors import ImerbenchError
@@ -90,7 +91,7 @@ def run(
         ws = Workspace(grid, options)
         estimates = estimate_seconds(todo, ws)
         for cell in todo:
-            console.print(f"  {cell.describe()}  ~{estimates[cell]:.0f} s")
+            console.print(escape(f"  {cell.describe()}  ~{estimates[cell]:.0f} s"))
         total = sum(estimates.values())
         n = options.resolved_jobs()
         parallel = f" (about {total / 60 / n:.1f} min with {n} jobs)" if n > 1 else ""
@@ -118,9 +119,8 @@ def run(
             if report.status == "skipped":
                 return
             mark = "[green]ok[/]" if report.status == "ok" else "[red]FAILED[/]"
-            progress.console.print(
-                f"{mark} {report.cell.describe()}: {report.summary} [{report.seconds:.1f} s]"
-            )
+            text = escape(f"{report.cell.describe()}: {report.summary} [{report.seconds:.1f} s]")
+            progress.console.print(f"{mark} {text}")
 
         store = run_grid(grid, options, on_cell)
     elapsed = time.perf_counter() - start
@@ -130,7 +130,7 @@ def run(
     )
     df = store.read()
     if len(df):
-        console.print(render(leaderboards(df), "md"), markup=False)
+        typer.echo(render(leaderboards(df), "md"))
 
 
 @app.command("list")
@@ -247,7 +247,7 @@ def main() -> None:
     try:
         app()
     except ImerbenchError as exc:
-        err_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except KeyboardInterrupt:
         err_console.print("interrupted; finished cells are saved, run again to resume")

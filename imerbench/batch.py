@@ -26,6 +26,10 @@ class Batch:
     valid: Tensor  # [B, L] bool: a real utterance, not padding
     speakers: Tensor  # [B, L] int64
     labels: Tensor  # [B, L] int64 (classes) or float32 (regression)
+    # Training batches of a method with `needs_complete` only (never at evaluation): the same
+    # dialogues with every recorded modality present, for targets the mask hides
+    # (reconstruction targets, a full-modality teacher, complete-data stages).
+    complete: Batch | None = None
 
     @property
     def batch_size(self) -> int:
@@ -118,11 +122,13 @@ class SplitData:
         order: np.ndarray | None = None,
         fixed_length: bool = False,
         zero_fill: bool = True,
+        complete: bool = False,
     ) -> Iterator[Batch]:
         """Dialogue batches in `order` (default: split order), trimmed to their longest dialogue.
 
         With zero_fill=False the features at missing positions keep their stored values: the
-        contract test uses this to prove a model ignores them.
+        contract test uses this to prove a model ignores them. With complete=True each batch
+        also carries `complete`, its view with every recorded modality present.
         """
         order = np.arange(self.num_dialogues) if order is None else order
         for start in range(0, len(order), batch_size):
@@ -134,10 +140,18 @@ class SplitData:
             for k, m in enumerate(MODALITIES):
                 x = self.features[m][idx, :length]
                 feats[m] = x * available[..., k : k + 1] if zero_fill else x
-            yield Batch(
+            batch = Batch(
                 features=feats,
                 available=available,
                 valid=self.valid[idx, :length],
                 speakers=self.speakers[idx, :length],
                 labels=self.labels[idx, :length],
             )
+            if complete:
+                present = self.present[idx, :length]
+                full = {
+                    m: self.features[m][idx, :length] * present[..., k : k + 1]
+                    for k, m in enumerate(MODALITIES)
+                }
+                batch.complete = batch.replace(features=full, available=present)
+            yield batch

@@ -93,7 +93,10 @@ class Method:
     - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
     - `batch_dependent`: True if a prediction depends on the other dialogues of its batch
       (e.g. prototypes pooled over the batch); evaluation then uses the training batch size,
-      as the published code does, instead of large evaluation batches.
+      as the published code does, instead of large evaluation batches;
+    - `needs_complete`: True if training needs what the mask hides (reconstruction targets,
+      a full-modality teacher, a complete-data stage): training batches then carry
+      `Batch.complete`; evaluation batches never do.
     """
 
     name: str = ""  # the registered id, set by `create_method`
@@ -103,6 +106,7 @@ class Method:
     zero_fill: ClassVar[bool] = False
     fixed_length: ClassVar[bool] = False
     batch_dependent: ClassVar[bool] = False
+    needs_complete: ClassVar[bool] = False
     eval_batch_size: ClassVar[int] = 256  # dialogues per evaluation batch
 
     def __init__(self, **hparams: Any) -> None:

@@ -451,7 +451,8 @@ def estimate_seconds(cells: list[Cell], ws: Workspace, trials: int = 3) -> dict[
             model = method.build(data_spec(corpus)).to(ws.device)
             optimizer = method.configure_optimizer(model)
             stage = method.stages[-1]
-            batches = list(train.batches(method.hp["batch_size"], None, method.fixed_length))
+            size, complete = method.hp["batch_size"], method.needs_complete
+            batches = list(train.batches(size, None, method.fixed_length, complete=complete))
             steps = 0
             begin = time.perf_counter()
             for batch in (batches * trials)[: trials + 1]:

@@ -131,7 +131,9 @@ def train_cell(
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps = 0
-        for batch in train.batches(method.hp["batch_size"], order, method.fixed_length):
+        for batch in train.batches(
+            method.hp["batch_size"], order, method.fixed_length, complete=method.needs_complete
+        ):
             out = model(batch, stage)
             loss = method.loss(model, out, batch, stage)
             optimizer.zero_grad(set_to_none=True)

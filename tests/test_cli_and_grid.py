@@ -156,3 +156,26 @@ def test_dry_run_lists_cells_with_an_estimate(monkeypatch, capsys, tmp_path: Pat
     assert stdout.count("late-fusion synthetic") == 4  # 2 rates x the quick grid's 2 seeds
     assert "4 cells to run (0 already finished)" in stdout
     assert not list(tmp_path.glob("cells/*"))  # nothing trained
+
+
+def test_third_party_methods_register_through_entry_points(tmp_path: Path, monkeypatch) -> None:
+    import imerbench.registry as registry
+
+    package = tmp_path / "thirdparty_imer"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from imerbench.methods.fusion import EarlyFusion\n"
+        "from imerbench import register_method\n"
+        "register_method('plugin-fusion')(type('PluginFusion', (EarlyFusion,), {}))\n"
+    )
+    dist = tmp_path / "thirdparty_imer-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-imer\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[imerbench.methods]\nplugin = thirdparty_imer\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_loaded", False)
+    try:
+        assert "plugin-fusion" in registry.list_methods()
+        assert registry.create_method("plugin-fusion", "quick").hp["epochs"] >= 1
+    finally:
+        registry._REGISTRY.pop("plugin-fusion", None)

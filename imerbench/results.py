@@ -31,6 +31,7 @@ COLUMNS: tuple[str, ...] = (
     "schema", "method", "dataset", "fold", "missing_rate", "realized_missing_rate", "seed",
     "selection", "condition", "output", "metric", "value", "epoch", "epochs", "train_seconds",
     "parameters", "device", "config_hash", "code_version", "status", "error",
+    "mask",  # added in schema 1: the cell's mask spec ("0.3", "at", "a=0.1,t=0.2,v=0.6")
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"

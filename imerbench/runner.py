@@ -216,24 +216,27 @@ class Workspace:
 def outcome_rows(
     cell: Cell, outcome: TrainOutcome, base: dict[str, Any], realized: float
 ) -> list[dict[str, Any]]:
+    """One row per (selection, condition, output, metric) of a finished cell."""
     rows = []
     for selected in outcome.selected.values():
-        for output, values in selected.test.items():
-            for metric, value in values.items():
-                rows.append(
-                    base
-                    | {
-                        "selection": selected.selection,
-                        "condition": "mask",
-                        "output": output,
-                        "metric": metric,
-                        "value": value,
-                        "epoch": selected.epoch,
-                        "realized_missing_rate": realized,
-                        "status": "ok",
-                        "error": "",
-                    }
-                )
+        scored = {"mask": selected.test, **selected.conditions}
+        for condition, scores in scored.items():
+            for output, values in scores.items():
+                for metric, value in values.items():
+                    rows.append(
+                        base
+                        | {
+                            "selection": selected.selection,
+                            "condition": condition,
+                            "output": output,
+                            "metric": metric,
+                            "value": value,
+                            "epoch": selected.epoch,
+                            "realized_missing_rate": realized,
+                            "status": "ok",
+                            "error": "",
+                        }
+                    )
     return rows
 
 
@@ -262,6 +265,7 @@ def run_cell(cell: Cell, ws: Workspace) -> CellReport:
         "dataset": cell.dataset,
         "fold": cell.fold,
         "missing_rate": nominal_missing_rate(cell.mask),
+        "mask": str(cell.mask),
         "seed": cell.seed,
         "epochs": method.hp["epochs"],
         "device": describe_device(ws.device),
@@ -334,7 +338,7 @@ def write_artifacts(
         "selected_epochs": {k: s.epoch for k, s in outcome.selected.items()},
     }
     atomic_write_text(folder / "cell.json", json.dumps(meta, indent=2, default=str))
-    lines = ["epoch,stage,split,output,metric,value"]
+    lines = ["epoch,stage,split,condition,output,metric,value"]
     lines += [",".join(map(str, row)) for row in outcome.history]
     atomic_write_text(folder / "curves.csv", "\n".join(lines) + "\n")
     if save_weights:

@@ -19,13 +19,16 @@ import torch
 from torch import Tensor, nn
 
 from imerbench.batch import SplitData
-from imerbench.corpus import Corpus
+from imerbench.corpus import MODALITIES, Corpus
+from imerbench.evaluation import Scores, evaluate, subset_scores
 from imerbench.masks import MaskSpec, train_mask
 from imerbench.method import DataSpec, Method
-from imerbench.metrics import METRICS, compute_metrics
+from imerbench.metrics import METRICS
 from imerbench.seeding import derive_seed, rng
 
-Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
+# (epoch, stage, split, condition, output, metric, value); condition "mask" is the split's
+# stored mask, "a"/"t"/"v" the forced single-modality curves.
+HistoryRow = tuple[int, str, str, str, str, str, float]
 
 
 class CellFailure(Exception):
@@ -40,12 +43,14 @@ class Selected:
     epoch: int
     test: Scores
     state: dict[str, Tensor] = field(repr=False)
+    # Forced subsets ("a", "at", ...) and patterns ("pattern-at", ...) of the test split.
+    conditions: dict[str, Scores] = field(default_factory=dict)
 
 
 @dataclass
 class TrainOutcome:
     selected: dict[str, Selected]
-    history: list[tuple[int, str, str, str, str, float]]  # epoch, stage, split, output, metric, v
+    history: list[HistoryRow]
     epochs: int
     parameters: int
     train_seconds: float
@@ -62,22 +67,6 @@ def data_spec(corpus: Corpus) -> DataSpec:
     )
 
 
-@torch.no_grad()
-def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task: str) -> Scores:
-    """Score every output of the model on a split under its current availability mask."""
-    was_training = model.training
-    model.eval()
-    preds: dict[str, list[Tensor]] = {}
-    size = method.evaluation_batch_size()
-    for batch in data.batches(size, fixed_length=method.fixed_length):
-        out = model(batch, stage)
-        outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
-        for name, pred in outputs.items():
-            preds.setdefault(name, []).append(pred[batch.valid])
-    model.train(was_training)
-    return {name: compute_metrics(task, torch.cat(p), data.target) for name, p in preds.items()}
-
-
 def snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -92,10 +81,17 @@ def train_cell(
     seed: int,
     primary: str,
     oracle: bool = True,
+    modality_curves: bool = True,
+    subsets: bool = True,
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainOutcome:
     """Train one cell. `splits` hold the train/val/test data on the device, with the
-    validation and test masks already set; `val` may be absent (paper protocol)."""
+    validation and test masks already set; `val` may be absent (paper protocol).
+
+    `modality_curves`: also score validation with each single modality forced, every epoch
+    (the per-modality training curves). `subsets`: score the selected weights (val, or the
+    oracle's without val) on every forced subset and stored-mask pattern of the test split.
+    """
     train, val, test = splits["train"], splits.get("val"), splits["test"]
     device = train.device
     task = corpus.task
@@ -108,7 +104,7 @@ def train_cell(
     epochs = method.hp["epochs"]
     last_stage = method.stages[-1]
     groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None
-    history: list[tuple[int, str, str, str, str, float]] = []
+    history: list[HistoryRow] = []
     best: dict[str, tuple[float, int, dict[str, Tensor], Scores]] = {}
 
     def consider(selection: str, value: float, epoch: int, test_scores: Scores) -> None:
@@ -145,14 +141,22 @@ def train_cell(
         mean_loss = float(loss_sum) / max(steps, 1)  # one host sync per epoch
         if not math.isfinite(mean_loss):
             raise CellFailure(f"training loss became {mean_loss} in epoch {epoch} ({stage})")
-        history.append((epoch, stage, "train", "fused", "loss", mean_loss))
+        history.append((epoch, stage, "train", "mask", "fused", "loss", mean_loss))
 
         val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
         method.on_epoch_end(model, epoch, stage, val_scores)
         test_scores = evaluate(model, method, test, stage, task) if oracle else {}
         for split, scores in (("val", val_scores), ("test", test_scores)):
             for output, values in scores.items():
-                history.extend((epoch, stage, split, output, k, v) for k, v in values.items())
+                history.extend(
+                    (epoch, stage, split, "mask", output, k, v) for k, v in values.items()
+                )
+        if modality_curves and val is not None:
+            forced = subset_scores(model, method, val, stage, task, MODALITIES, False)
+            for condition, scores in forced.items():
+                for output, values in scores.items():
+                    value = values[primary]
+                    history.append((epoch, stage, "val", condition, output, primary, value))
         if val_scores and stage == last_stage:
             consider("val", val_scores["fused"][primary], epoch, {})
         if oracle:
@@ -178,6 +182,11 @@ def train_cell(
     if "test-oracle" in best:
         _, epoch, state, scores = best["test-oracle"]
         selected["test-oracle"] = Selected("test-oracle", epoch, scores, state)
+    if subsets and selected:
+        chosen = selected["val"] if "val" in selected else selected["test-oracle"]
+        model.load_state_dict(chosen.state)
+        stage_of_choice = method.stage_of(chosen.epoch)
+        chosen.conditions = subset_scores(model, method, test, stage_of_choice, task)
     diagnostics = method.diagnostics(model)
     parameters = sum(p.numel() for p in model.parameters())
     return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)

@@ -1,0 +1,101 @@
+"""Scoring a trained model: under the stored masks, on forced modality subsets, by pattern.
+
+- forced subset S (`a`, `at`, ...): every utterance shows exactly the modalities of S (the
+  MoMKE "conditions"), whatever the stored mask says;
+- pattern S (`pattern-at`, ...): the utterances of the stored masks that kept exactly S.
+Outputs are the fused prediction and, where a method has them, its unimodal heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from imerbench.batch import SplitData
+from imerbench.corpus import MODALITIES
+from imerbench.method import Method
+from imerbench.metrics import compute_metrics
+
+Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
+CONDITIONS: tuple[str, ...] = ("a", "t", "v", "at", "av", "tv", "atv")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> dict[str, Tensor]:
+    """Predictions [n, C] of every output for the split's real utterances, in split order."""
+    was_training = model.training
+    model.eval()
+    preds: dict[str, list[Tensor]] = {}
+    for batch in data.batches(method.evaluation_batch_size(), fixed_length=method.fixed_length):
+        out = model(batch, stage)
+        outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
+        for name, pred in outputs.items():
+            preds.setdefault(name, []).append(pred[batch.valid])
+    model.train(was_training)
+    return {name: torch.cat(parts) for name, parts in preds.items()}
+
+
+def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task: str) -> Scores:
+    """Score every output of the model on a split under its current availability mask."""
+    preds = predict(model, method, data, stage)
+    return {name: compute_metrics(task, p, data.target) for name, p in preds.items()}
+
+
+def condition_mask(condition: str, n: int) -> np.ndarray:
+    """[n, M] availability showing exactly the modalities of `condition`."""
+    keep = np.array([m in condition for m in MODALITIES])
+    return np.tile(keep, (n, 1))
+
+
+def patterns(available: Tensor) -> np.ndarray:
+    """The kept-modality pattern of each utterance ([n, M] bool -> 'at', ...; '' if none)."""
+    rows = available.cpu().numpy()
+    letters = np.array(MODALITIES)
+    return np.array(["".join(letters[r]) for r in rows])
+
+
+def subset_scores(
+    model: nn.Module,
+    method: Method,
+    data: SplitData,
+    stage: str,
+    task: str,
+    conditions: tuple[str, ...] = CONDITIONS,
+    with_patterns: bool = True,
+) -> dict[str, Scores]:
+    """{condition: scores} for the forced subsets and (optionally) for the patterns of the
+    current mask. The split's current mask is restored afterwards.
+    """
+    stored = data.available
+    out: dict[str, Scores] = {}
+    try:
+        if with_patterns:
+            out |= pattern_scores(model, method, data, stage, task, conditions)
+        for condition in conditions:
+            data.set_mask(condition_mask(condition, data.num_utterances))
+            out[condition] = evaluate(model, method, data, stage, task)
+    finally:
+        data.available = stored
+    return out
+
+
+def pattern_scores(
+    model: nn.Module,
+    method: Method,
+    data: SplitData,
+    stage: str,
+    task: str,
+    conditions: tuple[str, ...] = CONDITIONS,
+) -> dict[str, Scores]:
+    """Scores of the utterances grouped by which modalities the current mask kept."""
+    preds = predict(model, method, data, stage)
+    kept = patterns(data.available[data.valid])
+    out: dict[str, Scores] = {}
+    for condition in conditions:
+        rows = torch.as_tensor(np.flatnonzero(kept == condition), device=data.device)
+        if len(rows):
+            out[f"pattern-{condition}"] = {
+                name: compute_metrics(task, p[rows], data.target[rows]) for name, p in preds.items()
+            }
+    return out

@@ -161,21 +161,67 @@ def table(
     results: Annotated[Path, typer.Argument(help="output folder or results CSV")] = Path(
         "runs/quick"
     ),
-    fmt: Annotated[str, typer.Option("--format", help="md or csv")] = "md",
+    fmt: Annotated[str, typer.Option("--format", help="md, latex or csv")] = "md",
     selection: Annotated[str, typer.Option(help="val or test-oracle")] = "val",
+    paper: Annotated[
+        bool, typer.Option(help="add the numbers published in the ComP paper")
+    ] = False,
+    protocols: Annotated[
+        bool, typer.Option(help="val vs test-oracle scores: what test-set selection inflates")
+    ] = False,
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
-    from imerbench.leaderboard import leaderboards, render
+    from imerbench.leaderboard import leaderboards, protocol_table, render
     from imerbench.results import read_results
 
-    if fmt not in ("md", "csv"):
-        raise ImerbenchError(f"--format {fmt}: use md or csv")
+    if fmt not in ("md", "latex", "csv"):
+        raise ImerbenchError(f"--format {fmt}: use md, latex or csv")
     if selection not in ("val", "test-oracle"):
         raise ImerbenchError(f"--selection {selection}: use val or test-oracle")
-    boards = leaderboards(read_results(results), selection)
+    df = read_results(results)
+    if protocols:
+        typer.echo(protocol_table(df, fmt))
+        return
+    boards = leaderboards(df, selection, paper=paper)
     if not boards:
         raise ImerbenchError(f"{results} holds no finished rows with {selection} selection")
     typer.echo(render(boards, fmt))
+
+
+@app.command()
+def plot(
+    results: Annotated[Path, typer.Argument(help="output folder of a run")] = Path("runs/quick"),
+    out: Annotated[
+        Path | None, typer.Option(help="folder for figures (default RESULTS/figures)")
+    ] = None,
+) -> None:
+    """Figures of the modality-imbalance analysis (PNG and PDF)."""
+    from imerbench.plots import plot_all
+    from imerbench.results import read_results
+
+    df = read_results(results)
+    folder = results if results.is_dir() else results.parent
+    written = plot_all(folder, df, out or folder / "figures")
+    for path in written:
+        if path.suffix == ".png":
+            typer.echo(f"wrote {path} (and .pdf)")
+
+
+@app.command()
+def report(
+    results: Annotated[Path, typer.Argument(help="output folder of a run")] = Path("runs/quick"),
+    out: Annotated[
+        Path | None, typer.Option(help="HTML file (default RESULTS/report.html)")
+    ] = None,
+) -> None:
+    """One self-contained HTML page: leaderboards, analysis, figures, provenance."""
+    from imerbench.report import write_report
+    from imerbench.results import read_results
+
+    df = read_results(results)
+    folder = results if results.is_dir() else results.parent
+    path = write_report(folder, df, out or folder / "report.html")
+    typer.echo(f"wrote {path}")
 
 
 @data_app.command("check")

@@ -2,72 +2,147 @@
 
 A score is first averaged over folds (IEMOCAP's 5 sessions) within a seed, then summarized
 as mean +/- std over seeds. The best mean of each column is marked using the metric's
-`higher_is_better`. On the synthetic corpora the Bayes-optimal limit is printed beside.
+`higher_is_better`; a dagger marks methods significantly worse than the best (paired t-test
+over the same folds and seeds, Holm-corrected within the column, alpha 0.05). On the
+synthetic corpora the Bayes-optimal limit is printed beside; with `paper=True`, the numbers
+published in the ComP paper too.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from importlib import resources
 
 import pandas as pd
 
+from imerbench.analysis import is_rate, primary_rows
 from imerbench.datasets import resolve_dataset
 from imerbench.metrics import METRICS
+from imerbench.stats import holm, paired_t, summary
+
+ALPHA = 0.05
+# The ComP paper's names, and which of our rows they correspond to.
+PAPER_METHODS = {"ComP": "comp-ref", "GCNet": "gcnet", "MoMKE": "momke", "MMIN": "mmin"}
+PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
 
 
 @dataclass
 class Leaderboard:
-    """One dataset's table: `mean`/`std`/`n` are methods x missing rates."""
+    """One dataset's table. `cells[(method, mr)]` holds the per-seed values."""
 
     dataset: str
     metric: str
     selection: str
-    mean: pd.DataFrame
-    std: pd.DataFrame
-    n: pd.DataFrame
-    failed: dict[str, int]
-    bayes: dict[float, float]
+    methods: list[str]
+    rates: list[float]
+    cells: dict[tuple[str, float], list[float]]
+    worse: set[tuple[str, float]]  # significantly worse than the column's best
+    failed: dict[str, int] = field(default_factory=dict)
+    bayes: dict[float, float] = field(default_factory=dict)
+    paper: dict[str, dict[float, float]] = field(default_factory=dict)  # label -> mr -> value
 
-    def best(self) -> dict[float, str]:
-        higher = METRICS[self.metric].higher_is_better
-        pick = self.mean.idxmax if higher else self.mean.idxmin
-        return {mr: pick()[mr] for mr in self.mean.columns if self.mean[mr].notna().any()}
+    @property
+    def higher(self) -> bool:
+        return METRICS[self.metric].higher_is_better
 
-    def cell_text(self, method: str, mr: float, percent: bool = True) -> str:
-        mean, std = self.mean.at[method, mr], self.std.at[method, mr]
-        if pd.isna(mean):
+    def mean(self, method: str, mr: float) -> float:
+        return summary(self.cells.get((method, mr), [])).mean
+
+    def best(self, mr: float) -> str | None:
+        means = {m: self.mean(m, mr) for m in self.methods}
+        means = {m: v for m, v in means.items() if not math.isnan(v)}
+        if not means:
+            return None
+        return (max if self.higher else min)(means, key=means.__getitem__)
+
+    def scale(self) -> float:
+        return 1.0 if self.metric == "mae" else 100.0
+
+    def cell_text(self, method: str, mr: float) -> str:
+        s = summary(self.cells.get((method, mr), []))
+        if s.n == 0:
             return "-"
-        scale = 100.0 if percent and self.metric != "mae" else 1.0
-        text = f"{mean * scale:.2f}"
-        if self.n.at[method, mr] > 1:
-            text += f" ± {std * scale:.2f}"
+        text = f"{s.mean * self.scale():.2f}"
+        if s.n > 1:
+            text += f" ± {s.std * self.scale():.2f}"
         return text
 
-    def to_markdown(self) -> str:
-        best = self.best()
-        cols = list(self.mean.columns)
-        title = (
-            f"### {self.dataset}: {self.metric} (%, `{self.selection}` selection, "
-            "mean ± std over seeds)"
-        )
-        lines = [title, "", "| method | " + " | ".join(f"MR {c:g}" for c in cols) + " |"]
-        lines.append("|---|" + "---:|" * len(cols))
-        for method in self.mean.index:
-            cells = []
-            for mr in cols:
-                text = self.cell_text(method, mr)
-                cells.append(f"**{text}**" if best.get(mr) == method else text)
-            name = method + (f" ({self.failed[method]} failed)" if self.failed.get(method) else "")
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    def rows(self) -> list[tuple[str, list[str], list[bool], list[bool]]]:
+        """(label, texts, is_best, is_worse) per method, then the reference rows."""
+        out = []
+        best = {mr: self.best(mr) for mr in self.rates}
+        for method in self.methods:
+            label = method + (f" ({self.failed[method]} failed)" if self.failed.get(method) else "")
+            out.append(
+                (
+                    label,
+                    [self.cell_text(method, mr) for mr in self.rates],
+                    [best[mr] == method for mr in self.rates],
+                    [(method, mr) in self.worse for mr in self.rates],
+                )
+            )
+        for label, values in self.paper.items():
+            texts = [f"{values[mr] * 100:.2f}" if mr in values else "-" for mr in self.rates]
+            out.append((label, texts, [False] * len(texts), [False] * len(texts)))
         if self.bayes:
-            limits = [f"{self.bayes[c] * 100:.2f}" if c in self.bayes else "-" for c in cols]
-            lines.append("| *Bayes limit* | " + " | ".join(limits) + " |")
+            texts = [
+                f"{self.bayes[mr] * 100:.2f}" if mr in self.bayes else "-" for mr in self.rates
+            ]
+            out.append(("Bayes limit", texts, [False] * len(texts), [False] * len(texts)))
+        return out
+
+    def caption(self) -> str:
+        unit = "" if self.metric == "mae" else "%, "
+        return (
+            f"{self.dataset}: {self.metric} ({unit}`{self.selection}` selection, mean ± std "
+            f"over seeds; † significantly worse than the best, paired t-test, Holm, "
+            f"α = {ALPHA})"
+        )
+
+    def to_markdown(self) -> str:
+        lines = [f"### {self.caption()}", ""]
+        lines.append("| method | " + " | ".join(f"MR {r:g}" for r in self.rates) + " |")
+        lines.append("|---|" + "---:|" * len(self.rates))
+        for label, texts, best, worse in self.rows():
+            cells = [
+                (f"**{t}**" if b else t) + (" †" if w else "")
+                for t, b, w in zip(texts, best, worse, strict=True)
+            ]
+            name = (
+                f"*{label}*" if label == "Bayes limit" or label.endswith("(published)") else label
+            )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_latex(self) -> str:
+        def tex(text: str) -> str:
+            return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
+
+        cols = "l" + "r" * len(self.rates)
+        lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule"]
+        lines.append("Method & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
+        lines.append(r"\midrule")
+        for label, texts, best, worse in self.rows():
+            cells = [
+                (rf"\textbf{{{tex(t)}}}" if b else tex(t)) + (r"$^\dagger$" if w else "")
+                for t, b, w in zip(texts, best, worse, strict=True)
+            ]
+            lines.append(tex(label) + " & " + " & ".join(cells) + r" \\")
+        lines += [
+            r"\bottomrule",
+            r"\end{tabular}",
+            rf"\caption{{{tex(self.caption())}}}",
+            r"\end{table}",
+        ]
         return "\n".join(lines)
 
     def to_frame(self) -> pd.DataFrame:
         rows = []
-        for method in self.mean.index:
-            for mr in self.mean.columns:
+        best = {mr: self.best(mr) for mr in self.rates}
+        for method in self.methods:
+            for mr in self.rates:
+                s = summary(self.cells.get((method, mr), []))
                 rows.append(
                     {
                         "dataset": self.dataset,
@@ -75,11 +150,38 @@ class Leaderboard:
                         "missing_rate": mr,
                         "metric": self.metric,
                         "selection": self.selection,
-                        "mean": self.mean.at[method, mr],
-                        "std": self.std.at[method, mr],
-                        "seeds": int(self.n.at[method, mr]),
+                        "mean": s.mean,
+                        "std": s.std,
+                        "ci95": s.ci95,
+                        "seeds": s.n,
+                        "best": best[mr] == method,
+                        "significantly_worse": (method, mr) in self.worse,
+                        "source": "imerbench",
                     }
                 )
+        for label, values in self.paper.items():
+            for mr, value in values.items():
+                rows.append(
+                    {
+                        "dataset": self.dataset,
+                        "method": label,
+                        "missing_rate": mr,
+                        "metric": self.metric,
+                        "mean": value,
+                        "source": "paper",
+                    }
+                )
+        for mr, value in self.bayes.items():
+            rows.append(
+                {
+                    "dataset": self.dataset,
+                    "method": "Bayes limit",
+                    "missing_rate": mr,
+                    "metric": self.metric,
+                    "mean": value,
+                    "source": "bayes",
+                }
+            )
         return pd.DataFrame(rows)
 
 
@@ -98,49 +200,126 @@ def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, f
     return out
 
 
-def leaderboards(df: pd.DataFrame, selection: str = "val") -> list[Leaderboard]:
+def paper_numbers(dataset: str, metric: str) -> dict[str, dict[float, float]]:
+    """Published numbers for this dataset and metric, as fractions, labelled by source."""
+    path = resources.files("imerbench").joinpath("data/comp_paper_tables.csv")
+    with path.open(encoding="utf-8") as fh:
+        table = pd.read_csv(fh)
+    table["dataset"] = table["dataset"].map(lambda d: resolve_dataset(d).id)
+    table["metric"] = table["metric"].map(PAPER_METRICS)
+    rows = table[(table["dataset"] == dataset) & (table["metric"] == metric)]
+    out: dict[str, dict[float, float]] = {}
+    for r in rows.itertuples():
+        ours = PAPER_METHODS.get(r.method)
+        label = f"{r.method} (published" + (f", = {ours}" if ours else "") + ")"
+        if r.source != "rerun-by-paper-authors":
+            label = label[:-1] + f"; {r.source})"
+        out.setdefault(label, {})[float(r.missing_rate)] = r.value_percent / 100
+    return out
+
+
+def leaderboards(
+    df: pd.DataFrame, selection: str = "val", paper: bool = False
+) -> list[Leaderboard]:
     """One leaderboard per dataset in the rows, on its primary metric and fused output."""
     boards = []
     for dataset in sorted(df["dataset"].dropna().unique()):
         info = resolve_dataset(dataset)
         rows = df[df["dataset"] == dataset]
         failed = rows[rows["status"] == "failed"].groupby("method")["seed"].count().to_dict()
-        ok = rows[
-            (rows["status"] == "ok")
-            & (rows["selection"] == selection)
-            & (rows["condition"] == "mask")
-            & (rows["output"] == "fused")
-            & (rows["metric"] == info.primary_metric)
-        ]
-        methods = sorted(set(rows["method"]))
+        ok = primary_rows(rows, selection)
+        ok = ok[(ok["condition"] == "mask") & ok["mask"].map(is_rate)]
+        methods = sorted(set(rows["method"].dropna()))
         if ok.empty and not failed:
             continue
-        per_seed = ok.groupby(["method", "missing_rate", "seed"])["value"].mean().reset_index()
-        grouped = per_seed.groupby(["method", "missing_rate"])["value"]
-        mean = grouped.mean().unstack().reindex(methods)
-        std = grouped.std(ddof=1).unstack().reindex(methods)
-        n = grouped.count().unstack().reindex(methods).fillna(0).astype(int)
-        rates = sorted(float(r) for r in mean.columns)
-        boards.append(
-            Leaderboard(
-                dataset,
-                info.primary_metric,
-                selection,
-                mean,
-                std,
-                n,
-                {k: int(v) for k, v in failed.items()},
-                bayes_limits(dataset, info.primary_metric, rates),
-            )
+        per_fold_seed = ok.groupby(["method", "missing_rate", "fold", "seed"])["value"].mean()
+        per_seed = per_fold_seed.groupby(["method", "missing_rate", "seed"]).mean()
+        rates = sorted({float(r) for r in ok["missing_rate"]})
+        cells = {(m, float(r)): list(v.values) for (m, r), v in per_seed.groupby(level=[0, 1])}
+        board = Leaderboard(
+            dataset,
+            info.primary_metric,
+            selection,
+            methods,
+            rates,
+            cells,
+            worse=significantly_worse(per_fold_seed, methods, rates, info.primary_metric),
+            failed={k: int(v) for k, v in failed.items()},
+            bayes=bayes_limits(dataset, info.primary_metric, rates),
         )
+        if paper:
+            board.paper = paper_numbers(dataset, info.primary_metric)
+            board.rates = sorted(set(rates) | {r for v in board.paper.values() for r in v})
+        boards.append(board)
     return boards
+
+
+def significantly_worse(
+    values: pd.Series, methods: list[str], rates: list[float], metric: str
+) -> set[tuple[str, float]]:
+    """(method, mr) pairs significantly worse than the column's best method, paired over the
+    same (fold, seed) cells, Holm-corrected across the column's comparisons."""
+    higher = METRICS[metric].higher_is_better
+    out = set()
+    for mr in rates:
+        column = {
+            m: values.xs((m, mr), level=[0, 1])
+            for m in methods
+            if (m, mr) in values.index.droplevel([2, 3])
+        }
+        if len(column) < 2:
+            continue
+        means = {m: v.mean() for m, v in column.items()}
+        best = (max if higher else min)(means, key=means.__getitem__)
+        others = [m for m in column if m != best]
+        pvalues = []
+        for m in others:
+            joined = pd.concat([column[best], column[m]], axis=1, join="inner").dropna()
+            test = paired_t(joined.iloc[:, 0], joined.iloc[:, 1])
+            pvalues.append(test.p)
+        for m, p in zip(others, holm(pvalues), strict=True):
+            if not math.isnan(p) and p < ALPHA:
+                out.add((m, mr))
+    return out
 
 
 def render(boards: list[Leaderboard], fmt: str = "md") -> str:
     if fmt == "md":
         return "\n\n".join(b.to_markdown() for b in boards)
+    if fmt == "latex":
+        return "\n\n".join(b.to_latex() for b in boards)
     if fmt == "csv":
         frames = [b.to_frame() for b in boards]
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return df.to_csv(index=False, lineterminator="\n")
     raise ValueError(f"unknown format {fmt}")
+
+
+def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
+    """Per method, dataset and MR: the val score, the test-oracle score and the inflation
+    (oracle - val) with its 95% interval over seeds."""
+    from imerbench.analysis import protocol_gap
+
+    gap = protocol_gap(df)
+    if gap.empty:
+        return "no cell has both val and test-oracle rows"
+    gap = gap[gap["mask"].map(is_rate)].sort_values(["dataset", "method", "missing_rate"])
+    if fmt == "csv":
+        return gap.to_csv(index=False, lineterminator="\n")
+    lines = []
+    for dataset, rows in gap.groupby("dataset"):
+        metric = resolve_dataset(dataset).primary_metric
+        lines += [
+            f"### {dataset}: {metric} (%), val selection vs best test epoch",
+            "",
+            "| method | MR | val | test-oracle | inflation (95% CI) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for r in rows.itertuples():
+            ci = "" if math.isnan(r.ci95) else f" ± {r.ci95 * 100:.2f}"
+            lines.append(
+                f"| {r.method} | {r.missing_rate:g} | {r.val * 100:.2f} | "
+                f"{r.test_oracle * 100:.2f} | {r.inflation * 100:+.2f}{ci} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()

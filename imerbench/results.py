@@ -108,7 +108,7 @@ class ResultStore:
 
     def read(self) -> pd.DataFrame:
         """Every finished cell's rows (the merged view, recomputed from the cell files)."""
-        frames = [pd.read_csv(p, keep_default_na=False, na_values=[""]) for p in self.cell_files()]
+        frames = [read_rows(p) for p in self.cell_files()]
         if not frames:
             return pd.DataFrame(columns=list(COLUMNS))
         return pd.concat(frames, ignore_index=True)
@@ -118,6 +118,14 @@ class ResultStore:
         df = self.read()
         atomic_write_text(self.merged_path, df.to_csv(index=False, lineterminator="\n"))
         return df
+
+
+def read_rows(path: Path) -> pd.DataFrame:
+    """A rows CSV, with columns added since it was written filled in."""
+    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"mask": str})
+    if "mask" not in df.columns:  # older rows: the mask was always a missing rate
+        df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
+    return df
 
 
 def read_results(path: str | Path) -> pd.DataFrame:
@@ -132,7 +140,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise ImerbenchError(
             f"no results at {path}; pass a folder written by `imerbench run` or a results CSV"
         )
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    df = read_rows(path)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
         raise ImerbenchError(f"{path} is not an imerbench results table (no {missing[0]} column)")

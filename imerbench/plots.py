@@ -1,0 +1,306 @@
+"""Figures of the modality-imbalance analysis, drawn from the rows (and the per-run curves).
+
+Each figure is written as PNG and PDF. Colours are fixed per modality and per method so
+that figures can be read side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from imerbench.analysis import (
+    fold_mean,
+    is_rate,
+    modality_gap,
+    primary_rows,
+    subset_matrix,
+    under_optimization,
+)
+from imerbench.corpus import MODALITIES
+from imerbench.datasets import resolve_dataset
+from imerbench.leaderboard import bayes_limits
+from imerbench.metrics import METRICS
+from imerbench.stats import average_ranks, friedman, nemenyi_cd
+
+MODALITY_COLORS = {"a": "#e66101", "t": "#2166ac", "v": "#1b7837"}
+MODALITY_NAMES = {"a": "audio", "t": "text", "v": "video"}
+
+
+def method_colors(methods: list[str]) -> dict[str, tuple[float, ...]]:
+    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
+    return {m: cmap(i % cmap.N) for i, m in enumerate(sorted(methods))}
+
+
+def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.png", out / f"{name}.pdf"]
+    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
+    fig.savefig(paths[1], bbox_inches="tight")
+    plt.close(fig)
+    return paths
+
+
+def _label(dataset: str) -> str:
+    metric = resolve_dataset(dataset).primary_metric
+    return f"{metric} (%)" if metric != "mae" else metric
+
+
+def score_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """(1) Primary score against the missing rate, mean over seeds with a min-max band."""
+    rows = primary_rows(df[df["dataset"] == dataset])
+    rows = rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)]
+    per_seed = fold_mean(rows)
+    colors = method_colors(sorted(df["method"].unique()))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, g in per_seed.groupby("method"):
+        stats = g.groupby("missing_rate")["value"].agg(["mean", "min", "max"]).sort_index()
+        ax.plot(stats.index, stats["mean"] * 100, "o-", color=colors[method], label=method)
+        ax.fill_between(
+            stats.index, stats["min"] * 100, stats["max"] * 100, color=colors[method], alpha=0.15
+        )
+    limits = bayes_limits(
+        dataset, resolve_dataset(dataset).primary_metric, sorted(per_seed["missing_rate"].unique())
+    )
+    if limits:
+        rates = sorted(limits)
+        ax.plot(rates, [limits[r] * 100 for r in rates], "k--", label="Bayes limit")
+    ax.set_xlabel("missing rate")
+    ax.set_ylabel(_label(dataset))
+    ax.set_title(f"{dataset}: score vs missing rate (band: min-max over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    return _save(fig, out, f"{dataset}-score-vs-mr")
+
+
+def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """(2) Modality gap (best minus worst forced single modality) against the missing rate."""
+    gap = modality_gap(df[df["dataset"] == dataset])
+    colors = method_colors(sorted(df["method"].unique()))
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for method, g in gap.groupby("method"):
+        if method.startswith("unimodal-"):
+            continue  # one modality: its gap is by construction, not imbalance
+        stats = g.groupby("missing_rate")["gap"].agg(["mean", "min", "max"]).sort_index()
+        ax.plot(stats.index, stats["mean"] * 100, "o-", color=colors[method], label=method)
+        ax.fill_between(
+            stats.index, stats["min"] * 100, stats["max"] * 100, color=colors[method], alpha=0.15
+        )
+    ax.set_xlabel("missing rate (training and test masks)")
+    ax.set_ylabel("modality gap (points)")
+    ax.set_title(f"{dataset}: best minus worst single-modality score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, out, f"{dataset}-modality-gap")
+
+
+def under_optimization_bars(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """(3) Under-optimization per modality and method, mean over MRs and seeds (+/- std)."""
+    uo = under_optimization(df[df["dataset"] == dataset])
+    uo = uo[~uo["method"].str.startswith("unimodal-") & uo["mask"].map(is_rate)]
+    methods = sorted(uo["method"].unique())
+    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(methods) + 2), 4.2))
+    width = 0.25
+    for k, m in enumerate(MODALITIES):
+        g = uo[uo["modality"] == m].groupby("method")["under_optimization"]
+        mean, std = g.mean().reindex(methods), g.std().reindex(methods).fillna(0)
+        x = np.arange(len(methods)) + (k - 1) * width
+        ax.bar(
+            x,
+            mean * 100,
+            width,
+            yerr=std * 100,
+            color=MODALITY_COLORS[m],
+            label=MODALITY_NAMES[m],
+            capsize=2,
+        )
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(methods)), methods, rotation=30, ha="right")
+    ax.set_ylabel("forced single modality minus its ceiling (points)")
+    ax.set_title(f"{dataset}: modality under-optimization (mean over MRs and seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(title="modality", fontsize=8)
+    return _save(fig, out, f"{dataset}-under-optimization")
+
+
+def read_curves(results_dir: Path, dataset: str) -> pd.DataFrame:
+    """Per-epoch curves of every cell of a dataset, with the cell's method, MR and seed."""
+    frames = []
+    for path in sorted((results_dir / "cells" / dataset).glob("*/*/curves.csv")):
+        rows = pd.read_csv(path.parent / "rows.csv", nrows=1, dtype={"mask": str})
+        if (
+            rows.empty
+            or rows["status"].iloc[0] != "ok"
+            or "condition" not in pd.read_csv(path, nrows=0).columns
+        ):
+            continue
+        curves = pd.read_csv(path)
+        curves["method"] = rows["method"].iloc[0]
+        curves["mask"] = str(rows["mask"].iloc[0]) if "mask" in rows else ""
+        curves["seed"] = rows["seed"].iloc[0]
+        frames.append(curves)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def training_curves(
+    results_dir: Path, df: pd.DataFrame, dataset: str, out: Path, mask: str = "0.0"
+) -> list[Path]:
+    """(4) Validation score of each modality forced alone, epoch by epoch, per method (mean
+    over seeds), with the stage switch marked; unimodal heads dashed where a method has them."""
+    curves = read_curves(results_dir, dataset)
+    if curves.empty:
+        return []
+    metric = resolve_dataset(dataset).primary_metric
+    curves = curves[
+        (curves["split"] == "val") & (curves["metric"] == metric) & (curves["mask"] == mask)
+    ]
+    methods = sorted(m for m in curves["method"].unique() if not m.startswith("unimodal-"))
+    if not methods:
+        return []
+    cols = min(4, len(methods))
+    rows_n = int(np.ceil(len(methods) / cols))
+    fig, axes = plt.subplots(
+        rows_n, cols, figsize=(3.4 * cols, 2.8 * rows_n), squeeze=False, sharey=True
+    )
+    for ax, method in zip(axes.flat, methods, strict=False):
+        c = curves[curves["method"] == method]
+        for m in MODALITIES:
+            forced = c[(c["condition"] == m) & (c["output"] == "fused")]
+            mean = forced.groupby("epoch")["value"].mean()
+            ax.plot(mean.index + 1, mean * 100, color=MODALITY_COLORS[m], label=f"{m} forced")
+            head = c[(c["condition"] == "mask") & (c["output"] == f"head-{m}")]
+            if len(head):
+                hm = head.groupby("epoch")["value"].mean()
+                ax.plot(
+                    hm.index + 1, hm * 100, "--", color=MODALITY_COLORS[m], lw=1, label=f"head-{m}"
+                )
+        fused = c[(c["condition"] == "mask") & (c["output"] == "fused")]
+        ax.plot(*_mean_curve(fused), color="k", lw=1.2, label="fused (mask)")
+        stages = c.groupby("stage")["epoch"].min().sort_values()
+        for epoch in stages.iloc[1:]:
+            ax.axvline(epoch + 0.5, color="grey", ls=":", lw=1)
+        ax.set_title(method, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(methods) :]:
+        ax.axis("off")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"val {metric} (%)")
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(f"{dataset}: per-modality validation curves at MR {mask} (dotted: stage switch)")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    return _save(fig, out, f"{dataset}-training-curves")
+
+
+def _mean_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    mean = rows.groupby("epoch")["value"].mean()
+    return mean.index.to_numpy() + 1, mean.to_numpy() * 100
+
+
+def subset_heatmap(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
+    """(5) Score by present-modality subset (forced), methods x subsets."""
+    table = subset_matrix(df, dataset)
+    if table.empty:
+        return []
+    fig, ax = plt.subplots(figsize=(7.0, 0.45 * len(table) + 1.6))
+    image = ax.imshow(table.to_numpy() * 100, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(table.shape[1]), table.columns)
+    ax.set_yticks(range(table.shape[0]), table.index)
+    for i in range(table.shape[0]):
+        for j in range(table.shape[1]):
+            v = table.iat[i, j]
+            if not np.isnan(v):
+                ax.text(
+                    j,
+                    i,
+                    f"{v * 100:.1f}",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if v < np.nanmean(table.to_numpy()) else "black",
+                )
+    ax.set_xlabel("modalities present (forced)")
+    fig.colorbar(image, ax=ax, label=_label(dataset))
+    ax.set_title(f"{dataset}: score by present-modality subset (mean over MRs and seeds)")
+    return _save(fig, out, f"{dataset}-subset-heatmap")
+
+
+def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
+    """(6) Average ranks over (dataset, MR) blocks with the Nemenyi critical difference."""
+    rows = primary_rows(df)
+    rows = rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)]
+    per_seed = fold_mean(rows)
+    blocks = per_seed.groupby(["dataset", "missing_rate", "method"])["value"].mean().unstack()
+    blocks = blocks.dropna(axis=1)  # methods present in every block
+    if blocks.shape[0] < 2 or blocks.shape[1] < 2:
+        return []
+    datasets = blocks.index.get_level_values(0)
+    higher = np.array(
+        [METRICS[resolve_dataset(d).primary_metric].higher_is_better for d in datasets]
+    )
+    scores = blocks.to_numpy() * np.where(higher, 1, -1)[:, None]
+    ranks = average_ranks(scores)
+    k, n = blocks.shape[1], blocks.shape[0]
+    cd = nemenyi_cd(k, n)
+    test = friedman(scores)
+    order = np.argsort(ranks)
+    fig, ax = plt.subplots(figsize=(7.0, 0.32 * k + 1.8))
+    ax.set_xlim(0.5, k + 0.5)
+    for row, idx in enumerate(order):
+        ax.plot(ranks[idx], row, "o", color="k")
+        ax.text(
+            ranks[idx] + 0.08,
+            row,
+            f"{blocks.columns[idx]} ({ranks[idx]:.2f})",
+            va="center",
+            fontsize=8,
+        )
+    # One bar per maximal group of methods whose ranks lie within the critical difference.
+    groups = cliques(ranks[order], cd)
+    for level, (lo, hi) in enumerate(groups):
+        y = k + 0.2 + 0.35 * level
+        ax.plot([ranks[order[lo]], ranks[order[hi]]], [y, y], color="tab:red", lw=3, alpha=0.7)
+    ax.plot([1, 1 + cd], [-0.8, -0.8], color="k", lw=2)
+    ax.text(1 + cd / 2, -1.05, f"CD = {cd:.2f}", ha="center", fontsize=8)
+    ax.set_ylim(k + 0.5 + 0.35 * len(groups), -1.4)
+    ax.set_yticks([])
+    ax.set_xlabel("average rank (1 = best)")
+    ax.set_title(
+        f"Average ranks over {n} (dataset, MR) blocks; Friedman p = {test.p_chi2:.2g}\n"
+        "red bars join methods not significantly different (Nemenyi, α = 0.05)",
+        fontsize=9,
+    )
+    ax.grid(axis="x", alpha=0.3)
+    return _save(fig, out, "critical-difference")
+
+
+def cliques(sorted_ranks: np.ndarray, cd: float) -> list[tuple[int, int]]:
+    """Maximal runs (first, last index) of sorted ranks spanning less than `cd`."""
+    out: list[tuple[int, int]] = []
+    for i in range(len(sorted_ranks)):
+        j = i
+        while j + 1 < len(sorted_ranks) and sorted_ranks[j + 1] - sorted_ranks[i] < cd:
+            j += 1
+        if j > i and not (out and out[-1][1] >= j):
+            out.append((i, j))
+    return out
+
+
+def plot_all(results_dir: Path, df: pd.DataFrame, out: Path) -> list[Path]:
+    """Every figure for every dataset in the rows."""
+    written: list[Path] = []
+    for dataset in sorted(df["dataset"].dropna().unique()):
+        written += score_vs_mr(df, dataset, out)
+        written += gap_vs_mr(df, dataset, out)
+        written += under_optimization_bars(df, dataset, out)
+        written += training_curves(results_dir, df, dataset, out)
+        written += subset_heatmap(df, dataset, out)
+    written += critical_difference(df, out)
+    return written

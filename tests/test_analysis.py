@@ -1,0 +1,161 @@
+"""The modality-imbalance analysis, tables and figures, all recomputed from rows."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from imerbench.analysis import ceilings, modality_gap, protocol_gap, under_optimization
+from imerbench.grid import grid_from_dict
+from imerbench.leaderboard import leaderboards, paper_numbers, render
+from imerbench.report import write_report
+from imerbench.results import COLUMNS, read_results
+from imerbench.runner import RunOptions, run_grid
+
+
+def row(method: str, mask: str, seed: int, condition: str, value: float, **extra) -> dict:
+    base = {c: "" for c in COLUMNS}
+    base |= {
+        "schema": 1,
+        "method": method,
+        "dataset": "synthetic",
+        "fold": 0,
+        "missing_rate": float(mask) if mask[0].isdigit() else 2 / 3,
+        "mask": mask,
+        "seed": seed,
+        "selection": "val",
+        "condition": condition,
+        "output": "fused",
+        "metric": "wa",
+        "value": value,
+        "status": "ok",
+        "config_hash": f"{method}{mask}{seed}",
+    }
+    return base | extra
+
+
+def rows_frame() -> pd.DataFrame:
+    rows = []
+    forced = {"a": 0.50, "t": 0.60, "v": 0.40}
+    for seed in (0, 1):
+        for m, v in forced.items():
+            rows.append(row("fusion", "0.3", seed, m, v + 0.01 * seed))
+            rows.append(row(f"unimodal-{m}", "0.0", seed, "mask", v + 0.05))
+        rows.append(row("fusion", "0.3", seed, "mask", 0.70))
+        rows.append(row("fusion", "a", seed, "mask", 0.58))  # fusion trained on audio alone
+    return pd.DataFrame(rows)
+
+
+def test_gap_ceilings_and_under_optimization_follow_the_definitions() -> None:
+    df = rows_frame()
+    gap = modality_gap(df).query("method == 'fusion'")
+    assert gap["gap"].tolist() == pytest.approx([0.20, 0.20])
+    assert set(gap["best"]) == {"t"} and set(gap["worst"]) == {"v"}
+    ceil = ceilings(df).query("method == 'fusion'").set_index(["seed", "modality"])
+    # audio: fusion was trained on audio alone, so that is its ceiling; text and video fall
+    # back to the unimodal references.
+    assert ceil.loc[(0, "a"), "ceiling"] == pytest.approx(0.58)
+    assert ceil.loc[(0, "a"), "source"] == "fusion on a"
+    assert ceil.loc[(1, "t"), "ceiling"] == pytest.approx(0.65)
+    assert ceil.loc[(1, "t"), "source"] == "unimodal-t"
+    uo = under_optimization(df).query("method == 'fusion'").set_index(["seed", "modality"])
+    assert uo.loc[(0, "a"), "under_optimization"] == pytest.approx(0.50 - 0.58)
+    assert uo.loc[(1, "v"), "under_optimization"] == pytest.approx(0.41 - 0.45)
+
+
+def test_protocol_gap_is_oracle_minus_val_per_seed() -> None:
+    rows = []
+    for seed, (val, oracle) in enumerate([(0.60, 0.63), (0.62, 0.66), (0.61, 0.63)]):
+        rows.append(row("m", "0.5", seed, "mask", val))
+        rows.append(row("m", "0.5", seed, "mask", oracle, selection="test-oracle"))
+    gap = protocol_gap(pd.DataFrame(rows)).iloc[0]
+    assert gap["inflation"] == pytest.approx(0.03)
+    assert gap["val"] == pytest.approx(0.61) and gap["test_oracle"] == pytest.approx(0.64)
+    assert gap["ci95"] > 0 and gap["seeds"] == 3
+
+
+def test_significance_marks_only_clear_losers() -> None:
+    rows = []
+    for seed in range(5):
+        rows.append(row("best", "0.0", seed, "mask", 0.80 + 0.002 * seed))
+        rows.append(row("close", "0.0", seed, "mask", 0.80 + 0.002 * ((seed * 3) % 5)))
+        rows.append(row("worse", "0.0", seed, "mask", 0.70 + 0.001 * seed))
+    board = leaderboards(pd.DataFrame(rows))[0]
+    assert board.worse == {("worse", 0.0)}
+    text = board.to_markdown()
+    assert "| worse | 70.20 ± 0.16 † |" in text
+    assert "| best | **80.40 ± 0.32** |" in text
+
+
+def test_latex_table_and_paper_numbers() -> None:
+    latex = render(leaderboards(rows_frame()), "latex")
+    assert r"\begin{tabular}" in latex and r"\textbf{70.00" in latex
+    published = paper_numbers("mosi", "f1")
+    comp = published["ComP (published, = comp-ref)"]
+    reference = pd.read_csv(
+        Path(__file__).resolve().parents[1] / "imerbench/data/comp_paper_tables.csv"
+    )
+    expected = reference.query(
+        "dataset == 'CMUMOSI' and method == 'ComP' and metric == 'f1_weighted_nonzero'"
+    )
+    assert comp == {float(r.missing_rate): r.value_percent / 100 for r in expected.itertuples()}
+    assert len(comp) == 7
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("analysis-run")
+    grid = grid_from_dict(
+        {
+            "methods": ["late-fusion", "early-fusion", "unimodal-a", "unimodal-t", "unimodal-v"],
+            "missing_rates": [0.0, 0.5],
+            "seeds": [0, 1],
+            "epochs": 2,
+        },
+        "test",
+    )
+    run_grid(grid, RunOptions(out=out, device="cpu", jobs=1, save_weights=False))
+    return out
+
+
+def test_every_figure_and_the_report_are_written(small_run: Path) -> None:
+    df = read_results(small_run)
+    report = write_report(small_run, df, small_run / "report.html")
+    figures = sorted(p.name for p in (small_run / "figures").glob("*.png"))
+    assert figures == sorted(
+        f"{name}.png"
+        for name in [
+            "synthetic-score-vs-mr",
+            "synthetic-modality-gap",
+            "synthetic-under-optimization",
+            "synthetic-training-curves",
+            "synthetic-subset-heatmap",
+            "critical-difference",
+        ]
+    )
+    for png in (small_run / "figures").glob("*.png"):
+        assert png.stat().st_size > 10_000
+        assert png.with_suffix(".pdf").exists()
+    text = report.read_text()
+    assert text.count("data:image/png;base64,") == 6
+    assert "late-fusion" in text and "Bayes limit" in text and "Provenance" in text
+
+
+def test_rows_carry_forced_subsets_patterns_and_heads(small_run: Path) -> None:
+    df = read_results(small_run)
+    late = df[(df["method"] == "late-fusion") & (df["selection"] == "val")]
+    conditions = set(late["condition"])
+    assert {"mask", "a", "t", "v", "at", "av", "tv", "atv"} <= conditions
+    at_half = late[late["mask"] == "0.5"]
+    assert {"pattern-a", "pattern-at", "pattern-atv"} <= set(at_half["condition"])
+    assert {"fused", "head-a", "head-t", "head-v"} == set(late["output"])
+    # At MR 0 every utterance kept all three modalities: the only pattern is atv.
+    full = late[late["mask"] == "0.0"]
+    assert {c for c in full["condition"] if c.startswith("pattern-")} == {"pattern-atv"}
+    mask_score = full.query("condition == 'mask' and output == 'fused' and metric == 'wa'")
+    pattern = full.query("condition == 'pattern-atv' and output == 'fused' and metric == 'wa'")
+    assert mask_score["value"].tolist() == pytest.approx(pattern["value"].tolist())
+    assert not math.isnan(df["realized_missing_rate"].iloc[0])

@@ -89,6 +89,7 @@ class SplitData:
         label_dtype = torch.int64 if corpus.task == "classification" else torch.float32
         self.labels = grid(corpus.labels[u], 0, label_dtype)
         self.target = self.labels[self.valid]  # [n] labels of the real utterances, split order
+        self.first_utterance = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
         self.available = self.present.clone()
 
     @property
@@ -115,6 +116,17 @@ class SplitData:
         if len(mask) != self.num_utterances:
             raise ValueError(f"mask has {len(mask)} rows for {self.num_utterances} utterances")
         self.available = self.grid_mask(mask)
+
+    def by_length(self) -> np.ndarray:
+        """Dialogue order, shortest first: evaluation batches then carry little padding."""
+        return np.argsort(self.lengths, kind="stable")
+
+    def positions(self, chosen: np.ndarray) -> Tensor:
+        """Split-order indices of the real utterances of `chosen` dialogues, in the order
+        `batch.valid` yields them (dialogue by dialogue)."""
+        starts, lengths = self.first_utterance[chosen], self.lengths[chosen]
+        flat = np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)])
+        return torch.as_tensor(flat, device=self.device)
 
     def batches(
         self,

@@ -23,17 +23,27 @@ CONDITIONS: tuple[str, ...] = ("a", "t", "v", "at", "av", "tv", "atv")
 
 @torch.no_grad()
 def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> dict[str, Tensor]:
-    """Predictions [n, C] of every output for the split's real utterances, in split order."""
+    """Predictions [n, C] of every output for the split's real utterances, in split order.
+
+    Dialogues are batched shortest first (less padding), unless the method's predictions
+    depend on which dialogues share a batch; then they go in split order, as published.
+    """
     was_training = model.training
     model.eval()
-    preds: dict[str, list[Tensor]] = {}
-    for batch in data.batches(method.evaluation_batch_size(), fixed_length=method.fixed_length):
+    size = method.evaluation_batch_size()
+    order = np.arange(data.num_dialogues) if method.batch_dependent else data.by_length()
+    preds: dict[str, Tensor] = {}
+    batches = data.batches(size, order, fixed_length=method.fixed_length)
+    for start, batch in zip(range(0, len(order), size), batches, strict=True):
         out = model(batch, stage)
+        rows = data.positions(order[start : start + size])
         outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
         for name, pred in outputs.items():
-            preds.setdefault(name, []).append(pred[batch.valid])
+            if name not in preds:
+                preds[name] = pred.new_zeros(data.num_utterances, pred.shape[-1])
+            preds[name][rows] = pred[batch.valid]
     model.train(was_training)
-    return {name: torch.cat(parts) for name, parts in preds.items()}
+    return preds
 
 
 def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task: str) -> Scores:

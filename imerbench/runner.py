@@ -319,7 +319,8 @@ def run_cell(cell: Cell, ws: Workspace) -> CellReport:
             return CellReport(cell, "failed", message, time.perf_counter() - start, [row])
         base |= {"train_seconds": outcome.train_seconds, "parameters": outcome.parameters}
         rows = outcome_rows(cell, outcome, base, realized)
-        write_artifacts(folder, config, outcome, ws.options.save_weights)
+        where = {"data_root": ws.grid.data_root, "missing_features": ws.options.missing_features}
+        write_artifacts(folder, config | where, outcome, ws.options.save_weights)
         store.write_cell(folder, rows)  # last: the cell counts as done from here
     primary = info.primary_metric
     shown = [

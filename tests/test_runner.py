@@ -143,3 +143,18 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert third.returncode == 0
     assert "0 cells ran" in log and "6 already done" in log
     assert pd.read_csv(out / "results.csv").equals(df)
+
+
+def test_saved_weights_rescore_to_the_recorded_rows(tmp_path: Path) -> None:
+    from imerbench.rescore import rescore_cell
+
+    grid = small_grid(methods=["late-fusion"], missing_rates=[0.5], epochs=2)
+    run_grid(grid, RunOptions(out=tmp_path, device="cpu"))
+    cell = next(tmp_path.glob("cells/synthetic/late-fusion/*"))
+    rows = pd.read_csv(cell / "rows.csv")
+    scores = rescore_cell(cell, "val")
+    checked = 0
+    for r in rows[rows["selection"] == "val"].itertuples():
+        assert scores[r.condition][r.output][r.metric] == pytest.approx(r.value, abs=1e-9)
+        checked += 1
+    assert checked == len(rows[rows["selection"] == "val"]) > 100

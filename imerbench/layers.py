@@ -28,7 +28,14 @@ class KeyMaskedAttention(nn.Module):
     (as in MoMKE and ComP). Callers add it residually.
     """
 
-    def __init__(self, dim: int, heads: int = 2, mlp_ratio: float = 1.0, dropout: float = 0.0):
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 2,
+        mlp_ratio: float = 1.0,
+        dropout: float = 0.0,
+        attn_dropout: float | None = None,  # on the attention weights; None: `dropout`
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
@@ -37,7 +44,7 @@ class KeyMaskedAttention(nn.Module):
         self.q = nn.Linear(dim, dim)
         self.k = nn.Linear(dim, dim)
         self.v = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(dropout)
+        self.attn_drop = nn.Dropout(dropout if attn_dropout is None else attn_dropout)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), dim, dropout)
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
@@ -73,11 +80,15 @@ class ExpertStack(nn.Module):
         mlp_ratio: float = 1.0,
         dropout: float = 0.0,
         modalities: tuple[str, ...] = ("a", "t", "v"),
+        attn_dropout: float | None = None,  # None: `dropout`
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             nn.ModuleDict(
-                {m: KeyMaskedAttention(dim, heads, mlp_ratio, dropout) for m in modalities}
+                {
+                    m: KeyMaskedAttention(dim, heads, mlp_ratio, dropout, attn_dropout)
+                    for m in modalities
+                }
             )
             for _ in range(depth)
         )

@@ -1,0 +1,288 @@
+"""MMIN-style baseline `mmin` (Zhao et al., ACL 2021; facts from AIM3-RUC/MMIN and the
+utterance-level port in zeroQiaoba/GCNet's `baseline-mmin`).
+
+Two stages in one run:
+- "teacher": a full-modality model (per-modality encoders + classifier) trained on COMPLETE
+  inputs only: every recorded modality present, whatever the training mask says (the port
+  pretrains it on complete data in a separate run).
+- "student": per-modality encoders (initialised from the teacher's, as the port does) on the
+  zero-filled available inputs, concatenated, into a cascade of residual autoencoders that
+  "imagines" the missing modalities' embeddings; the latents of all blocks feed the classifier.
+  Loss = task + 4 * MSE(imagined, teacher embeddings) on the MISSING modalities only
+  + 2 * cycle MSE (a backward autoencoder maps the imagined features back to the input).
+  The teacher is frozen (idle) in this stage.
+
+Utterance-level like the port: no dialogue context. Gradients are clipped to norm 5 per
+network and Adam uses beta1 = 0.5, as in the port; its linear learning-rate decay is not
+reproduced (the harness has no schedule hook).
+"""
+
+from __future__ import annotations
+
+from itertools import pairwise
+
+import torch
+from torch import Tensor, nn
+
+from imerbench.batch import Batch
+from imerbench.corpus import MODALITIES
+from imerbench.losses import masked_mean, task_loss
+from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.registry import register_method
+
+TEACHER, STUDENT = "teacher", "student"
+
+
+class FcNet(nn.Module):
+    """(Linear -> ReLU -> Dropout) per hidden layer, then Linear: the port's FcClassifier."""
+
+    def __init__(self, dim_in: int, hidden: tuple[int, ...], dim_out: int, dropout: float):
+        super().__init__()
+        layers: list[nn.Module] = []
+        for width in hidden:
+            layers += [nn.Linear(dim_in, width), nn.ReLU(), nn.Dropout(dropout)]
+            dim_in = width
+        self.body = nn.Sequential(*layers)
+        self.out = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.body(x))
+
+
+def _chain(dims: list[int], act: type[nn.Module]) -> nn.Sequential:
+    """Linear layers through `dims`, an activation between consecutive ones (not after)."""
+    layers: list[nn.Module] = []
+    for k, (a, b) in enumerate(pairwise(dims)):
+        if k:
+            layers.append(act())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+class ResidualAutoencoder(nn.Module):
+    """A cascade of autoencoders: block k reads (its predecessor's input + output).
+
+    Encoders dim -> layers (LeakyReLU between), decoders back (ReLU between); the last
+    input + output goes through a transition Linear -> ReLU -> Linear. Returns the
+    reconstruction [.., dim] and the concatenated latents [.., blocks * layers[-1]].
+    """
+
+    def __init__(self, dim: int, layers: tuple[int, ...], blocks: int) -> None:
+        super().__init__()
+        widths = [dim, *layers]
+        self.encoders = nn.ModuleList(_chain(widths, nn.LeakyReLU) for _ in range(blocks))
+        self.decoders = nn.ModuleList(_chain(widths[::-1], nn.ReLU) for _ in range(blocks))
+        self.transition = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, dim))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        out = torch.zeros_like(x)
+        latents = []
+        for encoder, decoder in zip(self.encoders, self.decoders, strict=True):
+            x = x + out
+            latent = encoder(x)
+            out = decoder(latent)
+            latents.append(latent)
+        return self.transition(x + out), torch.cat(latents, dim=-1)
+
+
+def zero_missing(batch: Batch) -> dict[str, Tensor]:
+    """Each modality's features, zero where missing whatever the batch held."""
+    avail = (batch.available & batch.valid[..., None]).to(batch.features["a"].dtype)
+    return {m: batch.features[m] * avail[..., k : k + 1] for k, m in enumerate(MODALITIES)}
+
+
+class Teacher(nn.Module):
+    """Full-modality model: per-modality encoders, concatenated, into a classifier."""
+
+    def __init__(self, spec: DataSpec, enc_layers: tuple[int, ...], embed: int, dropout: float):
+        super().__init__()
+        self.encoders = nn.ModuleDict(
+            {m: FcNet(spec.widths[m], enc_layers, embed, dropout) for m in MODALITIES}
+        )
+        self.classifier = FcNet(len(MODALITIES) * embed, enc_layers, spec.num_classes, dropout)
+
+    def embed(self, feats: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {m: self.encoders[m](feats[m]) for m in MODALITIES}  # m -> [B, L, E]
+
+    def forward(self, feats: dict[str, Tensor]) -> Tensor:
+        emb = self.embed(feats)
+        return self.classifier(torch.cat([emb[m] for m in MODALITIES], dim=-1))
+
+
+class MMINNet(nn.Module):
+    def __init__(
+        self,
+        spec: DataSpec,
+        embed: int,
+        enc_layers: tuple[int, ...],
+        ae_layers: tuple[int, ...],
+        blocks: int,
+        cls_layers: tuple[int, ...],
+        dropout: float,
+        teacher_dropout: float,
+    ) -> None:
+        super().__init__()
+        joint = len(MODALITIES) * embed
+        self.teacher = Teacher(spec, enc_layers, embed, teacher_dropout)
+        self.encoders = nn.ModuleDict(
+            {m: FcNet(spec.widths[m], enc_layers, embed, dropout) for m in MODALITIES}
+        )
+        self.imagine = ResidualAutoencoder(joint, ae_layers, blocks)
+        self.cycle = ResidualAutoencoder(joint, ae_layers, blocks)
+        self.classifier = FcNet(blocks * ae_layers[-1], cls_layers, spec.num_classes, dropout)
+
+    def forward(self, batch: Batch, stage: str) -> ModelOutput:
+        if stage == TEACHER:
+            # Training batches carry the complete view; evaluation scores the masked one.
+            source = batch.complete if batch.complete is not None else batch
+            return ModelOutput(fused=self.teacher(zero_missing(source)))
+        feats = zero_missing(batch)
+        emb = torch.cat([self.encoders[m](feats[m]) for m in MODALITIES], -1)  # [B, L, 3E]
+        imagined, latents = self.imagine(emb)  # [B, L, 3E], [B, L, blocks * layers[-1]]
+        extras = {"embedding": emb, "imagined": imagined}
+        if self.training:
+            extras["cycled"] = self.cycle(imagined)[0]  # [B, L, 3E]
+        return ModelOutput(fused=self.classifier(latents), extras=extras)
+
+
+def imagination_loss(
+    imagined: Tensor, targets: dict[str, Tensor], missing: Tensor, valid: Tensor
+) -> Tensor:
+    """MSE between the imagined and the teacher's embeddings, over the entries of MISSING
+    modalities of real utterances only (0 when nothing is missing).
+
+    imagined: [B, L, M*E]; targets: modality -> [B, L, E]; missing: [B, L, M] bool.
+    """
+    embed = imagined.shape[-1] // len(MODALITIES)
+    parts = imagined.unflatten(-1, (len(MODALITIES), embed))  # [B, L, M, E]
+    target = torch.stack([targets[m] for m in MODALITIES], dim=2)  # [B, L, M, E]
+    keep = (missing & valid[..., None])[..., None].expand_as(parts)  # [B, L, M, E]
+    # torch.where: a target outside `keep` cannot reach the loss at all
+    err = torch.where(keep, parts - target, torch.zeros_like(parts))
+    return masked_mean(err**2, keep)
+
+
+@register_method("mmin")
+class MMIN(Method):
+    """A full-modality teacher, then a student imagining the missing embeddings (MMIN)."""
+
+    params = {
+        "embed": Param(128, low=1, help="per-modality embedding width"),
+        "enc_layers": Param((128, 128), help="encoder and teacher-classifier hidden layers"),
+        "ae_layers": Param((256, 128, 64), help="autoencoder layers (latent: the last)"),
+        "blocks": Param(5, low=1, help="residual autoencoder blocks"),
+        "cls_layers": Param((128, 128), help="student classifier hidden layers"),
+        "dropout": Param(0.5, low=0.0, high=0.9, help="student encoders and classifier"),
+        "teacher_dropout": Param(0.3, low=0.0, high=0.9, help="teacher (the port's setting)"),
+        "imagination_weight": Param(4.0, low=0.0),
+        "cycle_weight": Param(2.0, low=0.0),
+        "clip_norm": Param(5.0, low=0.0, help="per-network gradient norm clip; 0: off"),
+    }
+    # The port: 100 epochs per model (teacher, then student), lr 1e-3, Adam without weight
+    # decay, batches of 256 utterances (here in dialogues: about 256 utterances each).
+    profiles = {
+        "quick": {
+            "epochs": 10,
+            "stage_epoch": 3,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "embed": 32,
+            "enc_layers": (64, 64),
+            "ae_layers": (64, 32, 16),
+            "blocks": 3,
+            "cls_layers": (64, 64),
+            "dropout": 0.1,
+            "teacher_dropout": 0.1,
+        },
+        "iemocap": {
+            "epochs": 200,
+            "stage_epoch": 100,
+            "batch_size": 7,
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+        },
+        "mosi": {
+            "epochs": 200,
+            "stage_epoch": 100,
+            "batch_size": 11,
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+        },
+        "mosei": {
+            "epochs": 200,
+            "stage_epoch": 100,
+            "batch_size": 36,
+            "lr": 1e-3,
+            "weight_decay": 0.0,
+        },
+    }
+    stages = (TEACHER, STUDENT)
+    needs_complete = True  # the teacher and the imagination targets see what the mask hides
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        hp = self.hp
+        return MMINNet(
+            spec,
+            hp["embed"],
+            tuple(hp["enc_layers"]),
+            tuple(hp["ae_layers"]),
+            hp["blocks"],
+            tuple(hp["cls_layers"]),
+            hp["dropout"],
+            hp["teacher_dropout"],
+        )
+
+    def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        return torch.optim.Adam(
+            model.parameters(),
+            lr=self.hp["lr"],
+            betas=(0.5, 0.999),
+            weight_decay=self.hp["weight_decay"],
+        )
+
+    def on_stage_start(self, model: nn.Module, stage: str) -> None:
+        if stage == STUDENT:  # the port initialises the student's encoders from the teacher
+            assert isinstance(model, MMINNet)
+            model.encoders.load_state_dict(model.teacher.encoders.state_dict())
+
+    def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
+        if batch.complete is None:
+            raise ValueError("mmin trains on batches with `complete` (needs_complete=True)")
+        full = batch.complete
+        if stage == TEACHER:
+            return task_loss(out.fused, full)
+        assert isinstance(model, MMINNet)
+        teacher = model.teacher
+        was_training = teacher.training
+        teacher.eval()  # a frozen teacher: no dropout in its targets
+        with torch.no_grad():
+            targets = teacher.embed(zero_missing(full))  # m -> [B, L, E]
+        teacher.train(was_training)
+        missing = full.available & ~batch.available  # [B, L, M]: recorded but masked
+        imagination = imagination_loss(out.extras["imagined"], targets, missing, batch.valid)
+        emb = out.extras["embedding"].detach()
+        cycle = masked_mean(((out.extras["cycled"] - emb) ** 2).mean(-1), batch.valid)
+        hp = self.hp
+        return (
+            task_loss(out.fused, batch)
+            + hp["imagination_weight"] * imagination
+            + hp["cycle_weight"] * cycle
+        )
+
+    def after_backward(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> None:
+        if self.hp["clip_norm"] <= 0:
+            return
+        assert isinstance(model, MMINNet)
+        nets = (
+            [model.teacher]
+            if stage == TEACHER
+            else [*model.encoders.values(), model.imagine, model.cycle, model.classifier]
+        )
+        for net in nets:
+            torch.nn.utils.clip_grad_norm_(net.parameters(), self.hp["clip_norm"])
+
+    def idle_parameters(self, model: nn.Module, stage: str) -> set[str]:
+        teacher = {n for n, _ in model.named_parameters() if n.startswith("teacher.")}
+        if stage == TEACHER:
+            return {n for n, _ in model.named_parameters()} - teacher
+        return teacher

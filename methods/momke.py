@@ -1,0 +1,146 @@
+"""MoMKE-style baseline `momke` (Xu, Jiang, Liang, ACM MM 2024; facts from wxxv/MoMKE).
+
+Per modality, Linear(d_m -> D) + dropout; then the modality experts (`ExpertStack`: per layer,
+one key-masked attention module per modality, shared with the unimodal references and ComP).
+
+- Stage "unimodal" (epochs < stage_epoch): every modality present (the complete training
+  batch, as the released code's first stage), modality m only through expert m, one head per
+  modality; loss = the sum of the three unimodal task losses.
+- Stage "fusion": every modality's stream passes through all three expert stacks (its keys:
+  where its own modality is present); a per-modality soft router, softmax(Mlp(D -> D -> 3))
+  on the stream's projected input, mixes the three outputs; missing modalities are zeroed;
+  h = x_joint + Dropout(ReLU(Linear(3D, 3D)(x_joint))) -> Linear(3D, C); loss = task on
+  the fused output; nothing frozen.
+
+The unimodal heads are reported in both stages (in the fusion stage: head m on stream m's
+own-expert output, the representation it was trained on), so every run has head-a/t/v rows.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from imerbench.batch import Batch
+from imerbench.corpus import MODALITIES
+from imerbench.layers import ExpertStack, Mlp
+from imerbench.losses import task_loss
+from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.registry import register_method
+
+UNIMODAL, FUSION = "unimodal", "fusion"
+
+
+class MoMKENet(nn.Module):
+    def __init__(
+        self,
+        spec: DataSpec,
+        hidden: int,
+        depth: int,
+        heads: int,
+        dropout: float,
+        attn_dropout: float,
+    ) -> None:
+        super().__init__()
+        self.proj = nn.ModuleDict(
+            {
+                m: nn.Sequential(nn.Linear(spec.widths[m], hidden), nn.Dropout(dropout))
+                for m in MODALITIES
+            }
+        )
+        self.experts = ExpertStack(hidden, depth, heads, dropout=dropout, attn_dropout=attn_dropout)
+        self.heads = nn.ModuleDict({m: nn.Linear(hidden, spec.num_classes) for m in MODALITIES})
+        self.routers = nn.ModuleDict(
+            {m: Mlp(hidden, hidden, len(MODALITIES), dropout) for m in MODALITIES}
+        )
+        joint = len(MODALITIES) * hidden
+        self.fuse = nn.Linear(joint, joint)
+        self.fuse_drop = nn.Dropout(dropout)
+        self.out = nn.Linear(joint, spec.num_classes)
+
+    def forward(self, batch: Batch, stage: str) -> ModelOutput:
+        # The unimodal stage trains on the complete batch; evaluation batches have none.
+        source = batch.complete if stage == UNIMODAL and batch.complete is not None else batch
+        avail = source.available & source.valid[..., None]  # [B, L, M]
+        dtype = source.features["a"].dtype
+        proj = {
+            m: self.proj[m](source.features[m] * avail[..., k : k + 1].to(dtype))
+            for k, m in enumerate(MODALITIES)
+        }  # m -> [B, L, D], zero input where missing whatever the batch held
+        extras: dict[str, Tensor] = {}
+        if stage == UNIMODAL:
+            own = {m: self.experts(proj[m], m, avail[..., k]) for k, m in enumerate(MODALITIES)}
+            streams = own
+        else:
+            b = batch.batch_size
+            stacked = torch.cat([proj[m] for m in MODALITIES])  # [M*B, L, D], stream-major
+            keys = torch.cat([avail[..., k] for k in range(len(MODALITIES))])  # [M*B, L]
+            by_expert = torch.stack(
+                [self.experts(stacked, e, keys) for e in MODALITIES]
+            )  # [E, M*B, L, D]
+            by_expert = by_expert.unflatten(1, (len(MODALITIES), b))  # [E, M, B, L, D]
+            weights = torch.stack(
+                [self.routers[m](proj[m]).softmax(-1) for m in MODALITIES], dim=2
+            )  # [B, L, M, E]
+            mixed = torch.einsum("blme,embld->mbld", weights, by_expert)  # [M, B, L, D]
+            streams = {m: mixed[k] for k, m in enumerate(MODALITIES)}
+            own = {m: by_expert[k, k] for k, m in enumerate(MODALITIES)}
+            extras["router"] = weights
+        heads = {m: self.heads[m](own[m]) for m in MODALITIES}  # m -> [B, L, C]
+        present = avail.to(dtype)
+        x_joint = torch.cat(
+            [streams[m] * present[..., k : k + 1] for k, m in enumerate(MODALITIES)], dim=-1
+        )  # [B, L, 3D], a missing modality's stream zeroed
+        h = x_joint + self.fuse_drop(torch.relu(self.fuse(x_joint)))
+        return ModelOutput(fused=self.out(h), heads=heads, extras=extras)
+
+
+@register_method("momke")
+class MoMKE(Method):
+    """Modality experts trained unimodally, then mixed per modality by soft routers (MoMKE)."""
+
+    params = {
+        "hidden": Param(256, low=2, help="D"),
+        "depth": Param(4, low=1, help="expert layers"),
+        "heads": Param(2, low=1, help="attention heads per expert"),
+        "dropout": Param(0.5, low=0.0, high=0.9, help="projections, Mlps, fusion"),
+        "attn_dropout": Param(0.0, low=0.0, high=0.9, help="on the attention weights"),
+    }
+    profiles = {
+        # Small enough for the 2-core default grid (stage 2 runs 9 stream-expert passes).
+        "quick": {
+            "epochs": 6,
+            "stage_epoch": 2,
+            "batch_size": 16,
+            "lr": 3e-3,
+            "hidden": 32,
+            "depth": 1,
+            "dropout": 0.2,
+        },
+        "iemocap": {"epochs": 200, "stage_epoch": 100, "batch_size": 16, "lr": 1e-4},
+        "mosi": {"epochs": 300, "stage_epoch": 150, "batch_size": 32, "lr": 1e-4},
+        "mosei": {"epochs": 100, "stage_epoch": 50, "batch_size": 32, "lr": 1e-4},
+    }
+    stages = (UNIMODAL, FUSION)
+    needs_complete = True  # the unimodal stage trains on complete inputs
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        hp = self.hp
+        return MoMKENet(
+            spec, hp["hidden"], hp["depth"], hp["heads"], hp["dropout"], hp["attn_dropout"]
+        )
+
+    def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
+        if stage == FUSION:
+            return task_loss(out.fused, batch)
+        source = batch.complete if batch.complete is not None else batch
+        losses = [
+            task_loss(out.heads[m], source, where=source.available[..., k])
+            for k, m in enumerate(MODALITIES)
+        ]
+        return torch.stack(losses).sum()
+
+    def idle_parameters(self, model: nn.Module, stage: str) -> set[str]:
+        # Fusion stage: the heads only report. Unimodal stage: routers and fusion head wait.
+        prefixes = ("heads.",) if stage == FUSION else ("routers.", "fuse.", "out.")
+        return {n for n, _ in model.named_parameters() if n.startswith(prefixes)}

@@ -122,7 +122,7 @@ class ResultStore:
 
 def read_rows(path: Path) -> pd.DataFrame:
     """A rows CSV, with columns added since it was written filled in."""
-    df = pd.read_csv(path, keep_default_na=False, na_values=[""], dtype={"mask": str})
+    df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"mask": str})
     if "mask" not in df.columns:  # older rows: the mask was always a missing rate
         df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
     return df

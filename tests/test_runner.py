@@ -158,3 +158,12 @@ def test_saved_weights_rescore_to_the_recorded_rows(tmp_path: Path) -> None:
         assert scores[r.condition][r.output][r.metric] == pytest.approx(r.value, abs=1e-9)
         checked += 1
     assert checked == len(rows[rows["selection"] == "val"]) > 100
+
+
+def test_nan_scores_read_back_as_numbers(tmp_path: Path) -> None:
+    from imerbench.results import read_rows, rows_to_csv
+
+    path = tmp_path / "rows.csv"
+    path.write_text(rows_to_csv([{"value": float("nan"), "mask": "0.3"}, {"value": 0.5}]))
+    values = read_rows(path)["value"]
+    assert values.dtype == float and values.isna().tolist() == [True, False]

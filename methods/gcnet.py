@@ -104,7 +104,8 @@ def reverse_within(valid: Tensor) -> Tensor:
 
 
 class DialogueLSTM(nn.Module):
-    """2-layer BiLSTM over each dialogue's real utterances; padding never reaches them.
+    """A BiLSTM (2 layers in GCNet) over each dialogue's real utterances; padding never
+    reaches them.
 
     The backward direction runs forward over each dialogue reversed within its length, so the
     padding stays at the end, after every real utterance. Same parameters and computation as
@@ -154,6 +155,9 @@ class GraphBranch(nn.Module):
 
 
 class GCNetNet(nn.Module):
+    """Dialogue BiLSTM -> temporal + speaker graph branches (summed) -> task and
+    reconstruction heads."""
+
     def __init__(
         self,
         spec: DataSpec,
@@ -208,9 +212,9 @@ def reconstruction_loss(
         width = target[m].shape[-1]
         part = recon[..., start : start + width]  # [B, L, d_m]
         start += width
-        keep = (missing[..., k] & valid).to(recon.dtype)[..., None]  # [B, L, 1]
+        keep = (missing[..., k] & valid)[..., None]  # [B, L, 1]
         # torch.where, not a product: a target at a kept-out entry cannot reach the loss at all
-        err = torch.where(keep > 0, part - target[m], torch.zeros_like(part))
+        err = torch.where(keep, part - target[m], torch.zeros_like(part))
         total = total + (err**2).sum() / width
     return total / valid.sum().clamp(min=1).to(recon.dtype)
 
@@ -238,7 +242,6 @@ class GCNet(Method):
             "hidden": 32,
             "graph_hidden": 16,
             "rnn_layers": 1,
-            "dropout": 0.2,
         },
         "iemocap": PUBLISHED,
         "mosi": PUBLISHED,

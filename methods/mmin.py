@@ -110,6 +110,8 @@ class Teacher(nn.Module):
 
 
 class MMINNet(nn.Module):
+    """The teacher, and the student: encoders -> imagination autoencoders -> classifier."""
+
     def __init__(
         self,
         spec: DataSpec,

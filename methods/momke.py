@@ -32,6 +32,8 @@ UNIMODAL, FUSION = "unimodal", "fusion"
 
 
 class MoMKENet(nn.Module):
+    """Projections -> modality experts -> per-modality routers -> concatenation fusion."""
+
     def __init__(
         self,
         spec: DataSpec,

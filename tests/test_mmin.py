@@ -20,12 +20,15 @@ from imerbench.training import data_spec, train_cell
 def _run(monkeypatch: pytest.MonkeyPatch, epochs: int = 4, rate: str = "0.5"):
     """Train a tiny cell, recording every training forward pass of the model."""
     seen: list[tuple[str, Batch]] = []
+    evaluated: list[Batch] = []
     teacher_inputs: list[dict[str, torch.Tensor]] = []
     net_forward, teacher_forward = mmin.MMINNet.forward, mmin.Teacher.forward
 
     def spy_net(self, batch: Batch, stage: str):
         if self.training:
             seen.append((stage, batch))
+        else:
+            evaluated.append(batch)
         return net_forward(self, batch, stage)
 
     def spy_teacher(self, feats: dict[str, torch.Tensor]):
@@ -54,6 +57,7 @@ def _run(monkeypatch: pytest.MonkeyPatch, epochs: int = 4, rate: str = "0.5"):
             data.set_mask(store.get(corpus, 0, split, spec, 0))
         splits[split] = data
     outcome = train_cell(method, corpus, splits, fold=0, mask=spec, seed=0, primary="wa")
+    assert evaluated and all(b.complete is None for b in evaluated)  # never at evaluation
     return seen, teacher_inputs, starts, outcome
 
 

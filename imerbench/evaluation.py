@@ -46,10 +46,14 @@ def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> di
     return preds
 
 
+def score(preds: dict[str, Tensor], data: SplitData, task: str) -> Scores:
+    """Score predictions of every output (from `predict`) against the split's targets."""
+    return {name: compute_metrics(task, p, data.target) for name, p in preds.items()}
+
+
 def evaluate(model: nn.Module, method: Method, data: SplitData, stage: str, task: str) -> Scores:
     """Score every output of the model on a split under its current availability mask."""
-    preds = predict(model, method, data, stage)
-    return {name: compute_metrics(task, p, data.target) for name, p in preds.items()}
+    return score(predict(model, method, data, stage), data, task)
 
 
 def condition_mask(condition: str, n: int) -> np.ndarray:
@@ -73,15 +77,19 @@ def subset_scores(
     task: str,
     conditions: tuple[str, ...] = CONDITIONS,
     with_patterns: bool = True,
+    preds: dict[str, Tensor] | None = None,
 ) -> dict[str, Scores]:
     """{condition: scores} for the forced subsets and (optionally) for the patterns of the
-    current mask. The split's current mask is restored afterwards.
+    current mask. `preds`: the model's predictions under the current mask, where the caller
+    already has them (saves one pass). The split's current mask is restored afterwards.
     """
     stored = data.available
     out: dict[str, Scores] = {}
     try:
         if with_patterns:
-            out |= pattern_scores(model, method, data, stage, task, conditions)
+            if preds is None:
+                preds = predict(model, method, data, stage)
+            out |= pattern_scores(preds, data, task, conditions)
         for condition in conditions:
             data.set_mask(condition_mask(condition, data.num_utterances))
             out[condition] = evaluate(model, method, data, stage, task)
@@ -91,15 +99,13 @@ def subset_scores(
 
 
 def pattern_scores(
-    model: nn.Module,
-    method: Method,
+    preds: dict[str, Tensor],
     data: SplitData,
-    stage: str,
     task: str,
     conditions: tuple[str, ...] = CONDITIONS,
 ) -> dict[str, Scores]:
-    """Scores of the utterances grouped by which modalities the current mask kept."""
-    preds = predict(model, method, data, stage)
+    """Scores of predictions (made under the split's current mask) grouped by which
+    modalities that mask kept."""
     kept = patterns(data.available[data.valid])
     out: dict[str, Scores] = {}
     for condition in conditions:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -54,13 +54,20 @@ class KeyMaskedAttention(nn.Module):
         def split(t: Tensor) -> Tensor:  # [B, L, D] -> [B, H, L, D/H]
             return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
 
-        q, k, v = split(self.q(x) * self.scale), split(self.k(x)), split(self.v(x))
-        logits = q @ k.transpose(-2, -1)  # [B, H, L, L]
-        keys = key_mask[:, None, None, :]
-        # A finite fill keeps the softmax and its gradient NaN-free for rows with no key.
-        logits = logits.masked_fill(~keys, torch.finfo(logits.dtype).min)
-        attn = logits.softmax(dim=-1) * keys.any(dim=-1, keepdim=True)
-        out = (self.attn_drop(attn) @ v).transpose(1, 2).reshape(b, n, d)  # [B, L, D]
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        keys = key_mask[:, None, None, :]  # [B, 1, 1, L]
+        has_key = keys.any(dim=-1, keepdim=True)  # [B, 1, 1, 1]
+        # A query with no present key attends to every position (finite softmax and
+        # gradient), then is zeroed.
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=keys | ~has_key,
+            dropout_p=self.attn_drop.p if self.training else 0.0,
+            scale=self.scale,
+        )  # [B, H, L, D/H]
+        out = (out * has_key).transpose(1, 2).reshape(b, n, d)  # [B, L, D]
         return out + self.mlp(out)
 
 

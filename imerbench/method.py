@@ -92,8 +92,9 @@ class Method:
       always fed zero-filled input; otherwise it must ignore values at missing positions);
     - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
     - `batch_dependent`: True if a prediction depends on the other dialogues of its batch
-      (e.g. prototypes pooled over the batch); evaluation then uses the training batch size,
-      as the published code does, instead of large evaluation batches;
+      (e.g. prototypes pooled over the batch); evaluation then goes in split order at the
+      training batch size, as the published code does (a method whose model pools per group
+      of `batch_size` dialogues may override `evaluation_batch_size` with a multiple);
     - `needs_complete`: True if training needs what the mask hides (reconstruction targets,
       a full-modality teacher, a complete-data stage): training batches then carry
       `Batch.complete`; evaluation batches never do.

@@ -41,6 +41,8 @@ from imerbench.registry import create_method
 from imerbench.results import SCHEMA_VERSION, ResultStore, atomic_write_text
 from imerbench.training import CellFailure, TrainOutcome, train_cell
 
+MERGE_INTERVAL_S = 30.0  # how often a running grid rebuilds results.csv
+
 
 @dataclass
 class RunOptions:
@@ -376,19 +378,22 @@ def pending_cells(grid: Grid, options: RunOptions) -> tuple[list[Cell], list[Cel
 _WORKSPACE: Workspace | None = None
 
 
-def _die_with_parent() -> None:
-    """Linux: a worker is killed with its parent, so a killed run leaves no orphan writing."""
+def _die_with_parent(parent: int) -> None:
+    """Linux: a worker is killed with its parent, so a killed run leaves no orphan writing.
+    A parent killed before the signal was armed is caught by the pid check."""
     if sys.platform.startswith("linux"):
         try:
             libc = ctypes.CDLL("libc.so.6", use_errno=True)
             libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
         except OSError:
             pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _worker_init(grid: Grid, options: RunOptions, threads: int) -> None:
+def _worker_init(grid: Grid, options: RunOptions, threads: int, parent: int) -> None:
     global _WORKSPACE
-    _die_with_parent()
+    _die_with_parent(parent)
     torch.set_num_threads(threads)
     _WORKSPACE = Workspace(grid, options)
 
@@ -415,10 +420,20 @@ def run_grid(
     for cell in done:
         on_cell(CellReport(cell, "skipped"))
     jobs = options.resolved_jobs()
+    last_merge = time.monotonic()
+
+    def refresh() -> None:
+        # results.csv is a view rebuilt from every cell file: refreshed now and then while
+        # the grid runs (the cell files are the record), and always at the end.
+        nonlocal last_merge
+        if time.monotonic() - last_merge >= MERGE_INTERVAL_S:
+            store.merge()
+            last_merge = time.monotonic()
+
     if jobs <= 1 or len(todo) <= 1:
         for cell in todo:
             on_cell(run_cell(cell, ws))
-            store.merge()
+            refresh()
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         context = get_context("spawn")
@@ -426,14 +441,14 @@ def run_grid(
             jobs,
             mp_context=context,
             initializer=_worker_init,
-            initargs=(grid, options, threads),
+            initargs=(grid, options, threads, os.getpid()),
         ) as pool:
             running = {pool.submit(_worker_run, cell) for cell in todo}
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
                     on_cell(future.result())
-                store.merge()
+                refresh()
     store.merge()
     return store
 

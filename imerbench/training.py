@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from imerbench.batch import SplitData
 from imerbench.corpus import MODALITIES, Corpus
-from imerbench.evaluation import Scores, evaluate, subset_scores
+from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
 from imerbench.masks import MaskSpec, train_mask
 from imerbench.method import DataSpec, Method
 from imerbench.metrics import METRICS
@@ -171,10 +171,12 @@ def train_cell(
     train_seconds = time.perf_counter() - start
 
     selected: dict[str, Selected] = {}
+    test_preds = None  # the val-selected model's test predictions, reused for the patterns
     if "val" in best:
         _, epoch, state, _ = best["val"]
         model.load_state_dict(state)
-        scores = evaluate(model, method, test, last_stage, task)  # the one test evaluation
+        test_preds = predict(model, method, test, last_stage)  # the one test evaluation
+        scores = score(test_preds, test, task)
         selected["val"] = Selected("val", epoch, scores, state)
         log(f"val selection: epoch {epoch + 1}, test {primary} {scores['fused'][primary]:.4f}")
     elif val is not None and val.num_utterances:
@@ -186,7 +188,9 @@ def train_cell(
         chosen = selected["val"] if "val" in selected else selected["test-oracle"]
         model.load_state_dict(chosen.state)
         stage_of_choice = method.stage_of(chosen.epoch)
-        chosen.conditions = subset_scores(model, method, test, stage_of_choice, task)
+        chosen.conditions = subset_scores(
+            model, method, test, stage_of_choice, task, preds=test_preds
+        )
     diagnostics = method.diagnostics(model)
     parameters = sum(p.numel() for p in model.parameters())
     return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)

@@ -22,7 +22,9 @@ quirk by quirk, is described in `specs/comp.md`. Two variants share one model:
     per row, flattened in [L, B] order against [B, L] rows) is dropped.
   - `per_dialogue_prototypes` (quirk 4): each utterance is compared with its own dialogue's
     prototypes, so a prediction does not depend on the rest of its batch (the released code
-    pools the B * 10 prototypes of the batch).
+    pools the B * 10 prototypes of the batch). The pooled variant pools per group of
+    `batch_size` consecutive dialogues, which are the released batches; evaluation can then
+    score several groups per batch and still predict what the released model predicts.
   - `fix_private_copy` (quirk 6): modality m's private branch reads m's private features (the
     released code feeds the audio private features to all three).
   - `drop_unused_parameters` (quirk 7): the second-layer prototype projectors and the second
@@ -64,6 +66,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import torch
@@ -115,6 +118,7 @@ _NAME_RULES = (
 _FIELDS = {"m": "(?P<m>[atv])", "k": "(?P<k>[12])", "i": r"(?P<i>\d+)"}
 
 
+@cache
 def _pattern(template: str) -> re.Pattern[str]:
     parts = re.split(r"\{(\w)\}", template)  # literal, field, literal, ...
     regex = "".join(_FIELDS[p] if i % 2 else re.escape(p) for i, p in enumerate(parts))
@@ -130,6 +134,7 @@ def _rename(name: str, forward: bool) -> str:
     raise KeyError(name)
 
 
+@cache
 def released_name(name: str) -> str:
     """The released model's name of one of our parameters."""
     return _rename(name, forward=False)
@@ -168,9 +173,11 @@ class PromptGenerator(nn.Module):
         with_projector: bool = True,
         per_dialogue: bool = True,
         exclude_missing: bool = True,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__()
         self.per_dialogue = per_dialogue
+        self.pool_size = pool_size  # pooled prototypes: dialogues per pool (None: the batch)
         self.exclude_missing = exclude_missing
         self.proj_n = Mlp(length, prototypes, prototypes, dropout) if with_projector else None
         self.proj_d = Mlp(dim, prompt_dim, prompt_dim, dropout)
@@ -186,21 +193,29 @@ class PromptGenerator(nn.Module):
 
     def forward(self, x: Tensor, keep: Tensor, prototypes: Tensor) -> Tensor:
         # x: [B, L, D]; keep: [B, L]; prototypes: [B, n, D] -> prompt [B, L, P]
+        b = x.shape[0]
+        group = 1 if self.per_dialogue else min(self.pool_size or b, b)
+        full = b - b % group
+        parts = [(slice(0, full), group), (slice(full, b), b - full)]
+        mixed = torch.cat(
+            [self.mix(x[rows], keep[rows], prototypes[rows], g) for rows, g in parts if g]
+        )
+        return self.proj_d(mixed) + self.proj_prompt(x)
+
+    def mix(self, x: Tensor, keep: Tensor, prototypes: Tensor, group: int) -> Tensor:
+        """Each utterance's softmax-weighted cosine mix of the prototypes of its group of
+        `group` consecutive dialogues (1: its own dialogue; the released code: its batch)."""
         b, length, d = x.shape
-        xn, pn = F.normalize(x, dim=-1), F.normalize(prototypes, dim=-1)
-        if self.per_dialogue:
-            sim = xn @ pn.transpose(1, 2)  # [B, L, n]
-            bank = prototypes
-        else:  # every utterance against every prototype of the batch: [B*L, B*n]
-            sim = xn.reshape(-1, d) @ pn.reshape(-1, d).T
-            bank = prototypes.reshape(-1, d)  # [B*n, D]
+        k, n = b // group, prototypes.shape[1]
+        xn = F.normalize(x, dim=-1).reshape(k, group * length, d)
+        bank = prototypes.reshape(k, group * n, d)
+        sim = xn @ F.normalize(bank, dim=-1).transpose(1, 2)  # [k, g*L, g*n]
         if not self.exclude_missing:
             # The released mask: one constant per row (so softmax ignores it, up to rounding),
-            # flattened in [L, B] order against rows in [B, L] order.
-            misordered = keep.transpose(0, 1).reshape(sim.shape[:-1]).to(x.dtype)
-            sim = sim + ((1 - misordered) * ROW_MASK).unsqueeze(-1)
-        mixed = (sim.softmax(dim=-1) @ bank).view(b, length, d)
-        return self.proj_d(mixed) + self.proj_prompt(x)
+            # flattened in [L, g] order against rows in [g, L] order, within each group.
+            rows = keep.reshape(k, group, length).transpose(1, 2).reshape(k, group * length)
+            sim = sim + ((1 - rows.to(x.dtype)) * ROW_MASK).unsqueeze(-1)
+        return (sim.softmax(dim=-1) @ bank).view(b, length, d)
 
 
 def _per_modality(make: Callable[[str], nn.Module]) -> nn.ModuleDict:
@@ -227,6 +242,7 @@ class ComPNet(nn.Module):
         fix_private_copy: bool = True,
         drop_unused_parameters: bool = True,
         fix_fusion_zeroing: bool = True,
+        pool_size: int | None = None,
     ) -> None:
         super().__init__()
         d, p, c = hidden, prompt_dim, spec.num_classes
@@ -253,6 +269,7 @@ class ComPNet(nn.Module):
                 with_projector=with_projector,
                 per_dialogue=per_dialogue_prototypes,
                 exclude_missing=fix_prototype_mask,
+                pool_size=pool_size,
             )
 
         keep_unused = not drop_unused_parameters
@@ -511,6 +528,14 @@ class ComP(Method):
     def batch_dependent(self) -> bool:  # type: ignore[override]
         return not self.hp["per_dialogue_prototypes"]
 
+    def evaluation_batch_size(self) -> int:
+        """Pooled prototypes are pooled per group of `batch_size` consecutive dialogues (the
+        released batches), so evaluation may take many groups per batch at once."""
+        size = self.hp["batch_size"]
+        if not self.batch_dependent:
+            return self.eval_batch_size
+        return max(1, self.eval_batch_size // size) * size
+
     def build(self, spec: DataSpec) -> nn.Module:
         self._best = {}
         hp = self.hp
@@ -528,6 +553,7 @@ class ComP(Method):
             fix_private_copy=hp["fix_private_copy"],
             drop_unused_parameters=hp["drop_unused_parameters"],
             fix_fusion_zeroing=hp["fix_fusion_zeroing"],
+            pool_size=hp["batch_size"],
         )
 
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

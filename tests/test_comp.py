@@ -126,7 +126,7 @@ def test_fixture_stays_small() -> None:
 def test_variants_and_their_options() -> None:
     ref, comp = create_method("comp-ref", "mosi"), create_method("comp", "mosi")
     assert all(ref.hp[f] is False for f in FIXES) and all(comp.hp[f] is True for f in FIXES)
-    assert ref.batch_dependent and ref.evaluation_batch_size() == 32
+    assert ref.batch_dependent and ref.evaluation_batch_size() == 256  # 8 pools of 32
     assert not comp.batch_dependent and comp.evaluation_batch_size() == comp.eval_batch_size
     assert create_method("comp", "quick", per_dialogue_prototypes=False).batch_dependent
     with pytest.raises(ImerbenchError, match="fixed"):
@@ -184,6 +184,25 @@ def test_prediction_does_not_depend_on_the_rest_of_the_batch(name: str) -> None:
         assert max(diffs) < 1e-5
     else:  # the released model pools the prototypes of the whole batch
         assert max(diffs) > 1e-4
+
+
+def test_released_pools_are_the_training_batches_whatever_the_evaluation_batch() -> None:
+    """comp-ref pools prototypes over groups of `batch_size` consecutive dialogues: scoring
+    many groups per batch gives what scoring one released batch at a time gives."""
+    corpus = tiny_corpus(num_dialogues=14)
+    method, model = build("comp-ref", data_spec(corpus), batch_size=4)
+    assert method.evaluation_batch_size() == 256
+    data = SplitData(corpus, np.arange(14), "cpu", pad_to=corpus.pad_length)
+    data.set_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
+    model.eval()
+    order = np.arange(14)
+    released = predictions_by_dialogue(model, data, 4, order, "multimodal")  # 4+4+4+2
+    for size in (8, 12, 256):  # whole pools per batch; the last pool is the short one
+        grouped = predictions_by_dialogue(model, data, size, order, "multimodal")
+        assert max(float((released[d] - grouped[d]).abs().max()) for d in order) < 1e-5
+    # Pools that are not the training batches change the predictions: the pooling is real.
+    other = predictions_by_dialogue(model, data, 5, order, "multimodal")
+    assert max(float((released[d] - other[d]).abs().max()) for d in order) > 1e-4
 
 
 @pytest.mark.parametrize("name", ["comp", "comp-ref"])

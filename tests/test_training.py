@@ -66,15 +66,24 @@ def test_test_split_is_scored_once_for_val_selection(monkeypatch, oracle: bool) 
     corpus = tiny_corpus(num_dialogues=32)
     splits = splits_for(corpus)
     calls = {"val": 0, "test": 0}
-    real = training.evaluate
+    real_evaluate, real_predict = training.evaluate, training.predict
 
-    def counting(model, method, data, stage, task):
+    def count(data) -> None:
         for name in ("val", "test"):
             if data is splits[name]:
                 calls[name] += 1
-        return real(model, method, data, stage, task)
 
-    monkeypatch.setattr(training, "evaluate", counting)
+    def counting_evaluate(model, method, data, stage, task):
+        count(data)
+        return real_evaluate(model, method, data, stage, task)
+
+    def counting_predict(model, method, data, stage):
+        count(data)
+        return real_predict(model, method, data, stage)
+
+    # The loop scores a split either way: evaluate(), or predict() then score().
+    monkeypatch.setattr(training, "evaluate", counting_evaluate)
+    monkeypatch.setattr(training, "predict", counting_predict)
     method = create_method("late-fusion", "quick", epochs=5)
     outcome = train_cell(
         method,

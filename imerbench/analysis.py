@@ -154,11 +154,13 @@ def protocol_gap(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def subset_matrix(df: pd.DataFrame, dataset: str, selection: str = "val") -> pd.DataFrame:
-    """Methods x forced subsets: mean primary score over MRs and seeds (for the heatmap)."""
+    """Methods x forced subsets: mean primary score over MRs and seeds (for the heatmap).
+    Cells trained under a condition mask (the ceilings) are left out."""
     from imerbench.evaluation import CONDITIONS
 
     rows = primary_rows(df, selection)
-    rows = rows[(rows["dataset"] == dataset) & rows["condition"].isin(CONDITIONS)]
+    keep = (rows["dataset"] == dataset) & rows["condition"].isin(CONDITIONS)
+    rows = rows[keep & rows["mask"].map(is_rate)]
     per_seed = fold_mean(rows, ["condition"])
     table = per_seed.groupby(["method", "condition"])["value"].mean().unstack()
     return table.reindex(columns=list(CONDITIONS))

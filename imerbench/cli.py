@@ -26,6 +26,11 @@ app.add_typer(data_app, name="data")
 app.add_typer(masks_app, name="masks")
 console = Console()
 err_console = Console(stderr=True)
+# The base of click's usage errors, from whichever click this typer uses (newer typers vendor
+# their own copy, whose classes are not `click`'s).
+_USAGE_ERROR: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
 
 
 @app.command()
@@ -38,10 +43,18 @@ def run(
     seeds: Annotated[str | None, typer.Option(help="comma list of seeds")] = None,
     folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
-    executor: Annotated[str, typer.Option(help="local")] = "local",
+    executor: Annotated[
+        str, typer.Option(help="local, or ray: cells as Ray tasks (pip install 'imerbench[ray]')")
+    ] = "local",
     jobs: Annotated[
         int, typer.Option(help="cells trained at once, in processes (0: one per CPU core on CPU)")
     ] = 0,
+    jobs_per_device: Annotated[
+        int, typer.Option(help="CUDA: cells sharing each GPU at once (0: automatic, 4)")
+    ] = 0,
+    precision: Annotated[
+        str | None, typer.Option(help="fp32, or bf16: bfloat16 autocast (default fp32)")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="override every method's epochs")] = None,
     protocol: Annotated[str | None, typer.Option(help="default or paper")] = None,
     widths: Annotated[str | None, typer.Option(help="synthetic widths: small or real")] = None,
@@ -58,8 +71,16 @@ def run(
     from imerbench.leaderboard import leaderboards, render
     from imerbench.runner import CellReport, RunOptions, Workspace, estimate_seconds, run_grid
 
-    if executor != "local":
-        raise ImerbenchError(f"executor '{executor}' is not available; use --executor local")
+    if executor not in ("local", "ray"):
+        raise ImerbenchError(f"--executor {executor}: use local or ray")
+    if executor == "ray" and not dry_run:
+        from imerbench.ray_executor import require_ray
+
+        require_ray()
+    if jobs_per_device < 0:
+        raise ImerbenchError(
+            f"--jobs-per-device {jobs_per_device}: use 0 (automatic) or a positive count"
+        )
     if missing_features not in ("refuse", "mark"):
         raise ImerbenchError(f"--missing-features {missing_features}: use refuse or mark")
     if jobs < 0:
@@ -74,12 +95,15 @@ def run(
         epochs=epochs,
         protocol=protocol,
         widths=widths,
+        precision=precision,
         data_root=str(data_root) if data_root else None,
     )
     options = RunOptions(
         out=out or Path("runs") / grid.name,
         device=device,
         jobs=jobs,
+        jobs_per_device=jobs_per_device,
+        executor=executor,
         retry_failed=retry_failed,
         save_weights=save_weights,
         missing_features=missing_features,
@@ -102,7 +126,7 @@ def run(
         return
 
     start = time.perf_counter()
-    counts = {"ok": 0, "failed": 0, "skipped": 0}
+    counts = {"ok": 0, "failed": 0, "skipped": 0, "claimed": 0}
     with Progress(
         TextColumn("[bold]cells"),
         BarColumn(),
@@ -118,15 +142,20 @@ def run(
             progress.advance(task)
             if report.status == "skipped":
                 return
+            if report.status == "claimed":
+                text = escape(f"{report.cell.describe()}: {report.summary}")
+                progress.console.print(f"[yellow]claimed[/] {text}")
+                return
             mark = "[green]ok[/]" if report.status == "ok" else "[red]FAILED[/]"
             text = escape(f"{report.cell.describe()}: {report.summary} [{report.seconds:.1f} s]")
             progress.console.print(f"{mark} {text}")
 
         store = run_grid(grid, options, on_cell)
     elapsed = time.perf_counter() - start
+    claimed = f", {counts['claimed']} running in another process" if counts["claimed"] else ""
     console.print(
         f"{counts['ok']} cells ran, {counts['failed']} failed, {counts['skipped']} already "
-        f"done; {elapsed:.1f} s. Results: {store.merged_path}"
+        f"done{claimed}; {elapsed:.1f} s. Results: {store.merged_path}"
     )
     df = store.read()
     if len(df):
@@ -232,8 +261,10 @@ def data_check(
     from imerbench.gcnet_layout import check_data_root
 
     report = check_data_root(root)
-    for line in report.lines():
+    for line in report.lines(problems=False):
         typer.echo(line)
+    for problem in report.all_problems():  # each names its file and the fix
+        _error_line(problem)
     if not report.ok:
         raise typer.Exit(1)
 
@@ -288,13 +319,51 @@ def masks_export(
     typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
 
 
+def _error_line(message: str) -> None:
+    """One line on stderr, never wrapped, markup and emoji codes in `message` shown as typed."""
+    text = " ".join(message.split())
+    err_console.print(
+        f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True, emoji=False
+    )
+
+
+def _given_value(param: object, argv: list[str]) -> str | None:
+    """What the user typed for an option that was refused (some typers leave it out of their
+    message), or None."""
+    opts = getattr(param, "opts", None) or []
+    for k, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        if name in opts:
+            return value if eq else (argv[k + 1] if k + 1 < len(argv) else None)
+    return None
+
+
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 2."""
+    """Console entry point: user errors (values, data, options) become one line on stderr and
+    exit status 2; `data check` exits with 1 when it found problems."""
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="imerbench")
     except ImerbenchError as exc:
-        err_console.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        _error_line(str(exc))
         sys.exit(2)
+    except _USAGE_ERROR as exc:  # usage errors: one line too, not typer's framed box
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())
+        else:
+            message = exc.format_message()
+            given = _given_value(getattr(exc, "param", None), sys.argv[1:])
+            if given is not None and repr(given) not in message:
+                message = f"{message.rstrip('.')}: {given!r} given"
+            hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+            _error_line(message + hint)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        _error_line("aborted")
+        sys.exit(1)
     except KeyboardInterrupt:
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit status 130
         err_console.print("interrupted; finished cells are saved, run again to resume")
-        sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)

@@ -89,6 +89,13 @@ class Corpus:
             raise ImerbenchError(f"corpus '{self.name}': one id per dialogue expected")
         if len(self.utterance_ids) != n or len(self.speakers) != n:
             raise ImerbenchError(f"corpus '{self.name}': one id and speaker per utterance expected")
+        finite = np.isfinite(self.labels)
+        if not finite.all():  # a NaN target would poison every loss
+            i = int(np.flatnonzero(~finite)[0])
+            raise ImerbenchError(
+                f"corpus '{self.name}': label {self.labels[i]} of utterance "
+                f"'{self.utterance_ids[i]}' is not a finite number"
+            )
         if self.task == "classification":
             bad = (self.labels < 0) | (self.labels >= self.num_classes)
             if bad.any():

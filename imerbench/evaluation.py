@@ -39,9 +39,11 @@ def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> di
         rows = data.positions(order[start : start + size])
         outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
         for name, pred in outputs.items():
-            if name not in preds:
-                preds[name] = pred.new_zeros(data.num_utterances, pred.shape[-1])
-            preds[name][rows] = pred[batch.valid]
+            if name not in preds:  # float32 even under bf16 autocast: metrics see full precision
+                preds[name] = pred.new_zeros(
+                    data.num_utterances, pred.shape[-1], dtype=torch.float32
+                )
+            preds[name][rows] = pred[batch.valid].float()
     model.train(was_training)
     return preds
 

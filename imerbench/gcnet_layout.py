@@ -23,6 +23,13 @@ before faces are averaged; leading axes of size 1 are dropped (GCNet squeezes), 
 counted and refused, or with `missing_features="mark"` kept as absent (`present` False), never
 as a zero vector that looks real.
 
+Anything else wrong is refused with one line that names the file and the value: an unreadable
+or non-numeric file, a file whose width differs from the one most files of its folder have, an
+id that cannot name a file (empty, unprintable, a slash or a leading dot), an IEMOCAP dialogue
+or utterance id without its session digit (or an utterance from another session than its
+dialogue), an empty dialogue, a label out of range, and an inconsistent label pickle. Parsed
+features are cached only for a corpus that passed every check.
+
 Order: dialogues in sorted id order (as GCNet's IEMOCAP loader; its MOSI loader orders by split,
 which no result depends on); utterances in `videoIDs` order within each dialogue.
 """
@@ -34,7 +41,9 @@ import io
 import math
 import os
 import pickle
+import reprlib
 import tempfile
+import warnings
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -90,6 +99,37 @@ def _first(names: Iterable[str], total: int) -> str:
 def _short(err: BaseException) -> str:
     text = str(err).splitlines()[0] if str(err) else type(err).__name__
     return text if len(text) <= 160 else text[:157] + "..."
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _shown(value: Any) -> str:
+    """A value read from an untrusted file as a short repr that keeps a message on one line."""
+    try:
+        text = " ".join(_REPR.repr(value).split())
+    except Exception:  # a damaged object may not even print
+        text = f"<a {type(value).__name__}>"
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _id_problem(value: Any) -> str | None:
+    """Why `value` cannot be a dialogue or utterance id (ids name feature files), or None."""
+    if not isinstance(value, str):
+        return f"is a {type(value).__name__}, not a string"
+    if not value:
+        return "is empty"
+    if not value.isprintable() or "/" in value or "\\" in value or value.startswith("."):
+        return "cannot name a feature file (it holds a slash, a leading dot or unprintable text)"
+    return None
+
+
+def _session_digit(text: str) -> int | None:
+    """The IEMOCAP session of an id: its digit at index 4 ('Ses01F_impro01' is session 1)."""
+    digit = text[4:5]
+    return int(digit) if len(digit) == 1 and digit in "0123456789" else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,8 +222,9 @@ def _class_labels(info: DatasetInfo, path: Path, vid: str, uids: list[str], raw:
             ok = True
         if not ok or not 0 <= int(value) < info.num_classes:
             raise ImerbenchError(
-                f"{path}: label {value!r} of utterance '{uid}' (dialogue '{vid}') is not a class "
-                f"index in 0..{info.num_classes - 1} for {info.id}; is this the right label file?"
+                f"{path}: label {_shown(value)} of utterance '{uid}' (dialogue '{vid}') is not a "
+                f"class index in 0..{info.num_classes - 1} for {info.id}; is this the right label "
+                "file?"
             )
         out.append(int(value))
     return out
@@ -193,10 +234,13 @@ def _regression_labels(path: Path, vid: str, uids: list[str], raw: list) -> list
     out = []
     for uid, value in zip(uids, raw, strict=True):
         numeric = isinstance(value, int | float | np.integer | np.floating)
-        number = float(value) if numeric and not isinstance(value, bool) else float("nan")
+        try:
+            number = float(value) if numeric and not isinstance(value, bool) else math.nan
+        except OverflowError:  # an integer too large for a float
+            number = math.nan
         if not -3.0 <= number <= 3.0:
             raise ImerbenchError(
-                f"{path}: label {value!r} of utterance '{uid}' (dialogue '{vid}') is not a "
+                f"{path}: label {_shown(value)} of utterance '{uid}' (dialogue '{vid}') is not a "
                 "sentiment score in [-3, 3]; is this the right label file?"
             )
         out.append(number)
@@ -219,9 +263,14 @@ def _parse_labels(info: DatasetInfo, path: Path) -> _Labels:
                 "layout"
             )
     video_ids, video_labels, video_speakers = items[0], items[1], items[2]
-    bad = [v for v in video_ids if not isinstance(v, str)]
-    if bad:
-        raise ImerbenchError(f"{path}: dialogue id {bad[0]!r} is not a string")
+    for vid in video_ids:
+        problem = _id_problem(vid)
+        if problem:
+            raise ImerbenchError(
+                f"{path}: dialogue id {_shown(vid)} {problem}; fix it in the label file"
+            )
+        if _is_iemocap(info) and _session_digit(vid) is None:
+            raise ImerbenchError(_no_session_message(path, vid))
     dialogue_ids = tuple(sorted(video_ids))
     if not dialogue_ids:
         raise ImerbenchError(f"{path}: videoIDs holds no dialogue")
@@ -249,11 +298,15 @@ def _parse_labels(info: DatasetInfo, path: Path) -> _Labels:
                     f"{path}: {key}['{vid}'] has {got} for the {len(uids)} utterances of "
                     f"dialogue '{vid}'; the label file is inconsistent"
                 )
-        bad_uid = [u for u in uids if not isinstance(u, str) or not u]
-        if bad_uid:
-            raise ImerbenchError(
-                f"{path}: dialogue '{vid}' has utterance id {bad_uid[0]!r}, not a non-empty string"
-            )
+        for uid in uids:
+            problem = _id_problem(uid)
+            if problem:
+                raise ImerbenchError(
+                    f"{path}: dialogue '{vid}' has utterance id {_shown(uid)}, which {problem}; "
+                    "fix it in the label file"
+                )
+        if _is_iemocap(info):
+            _check_utterance_sessions(path, vid, uids)
         raw_labels = _as_sequence(video_labels[vid]) or []
         if info.task == "classification":
             labels += _class_labels(info, path, vid, uids, raw_labels)
@@ -263,7 +316,7 @@ def _parse_labels(info: DatasetInfo, path: Path) -> _Labels:
         bad_spk = [s for s in spk if not isinstance(s, str)]
         if bad_spk:
             raise ImerbenchError(
-                f"{path}: dialogue '{vid}' has speaker {bad_spk[0]!r}, expected a string"
+                f"{path}: dialogue '{vid}' has speaker {_shown(bad_spk[0])}, expected a string"
             )
         utterances += uids
         speakers += spk
@@ -302,11 +355,17 @@ def _parse_splits(path: Path, items: list, dialogue_ids: tuple[str, ...]) -> dic
             raise ImerbenchError(
                 f"{path}: {name} is a {type(item).__name__}, expected a set of video ids"
             )
+        not_ids = [v for v in vids if not isinstance(v, str)]
+        if not_ids:
+            raise ImerbenchError(
+                f"{path}: {name} holds {_shown(not_ids[0])}, a {type(not_ids[0]).__name__}, "
+                "where a video id (a string) belongs; the label file is damaged"
+            )
         unknown = [v for v in vids if v not in index]
         if unknown:
             raise ImerbenchError(
                 f"{path}: {len(unknown)} video(s) of {name} are not in videoIDs (first: "
-                f"{_first(map(str, unknown), len(unknown))}); the label file is inconsistent"
+                f"{_first(map(_shown, unknown), len(unknown))}); the label file is inconsistent"
             )
         for v in vids:
             if v in owner and owner[v] != split:
@@ -319,16 +378,36 @@ def _parse_splits(path: Path, items: list, dialogue_ids: tuple[str, ...]) -> dic
     return splits
 
 
+def _no_session_message(path: Path, vid: str) -> str:
+    return (
+        f"{path}: dialogue id '{vid}' has no session digit at index 4 (IEMOCAP ids look like "
+        "'Ses01F_impro01'); the folds are one per session, so rename the dialogue"
+    )
+
+
+def _check_utterance_sessions(path: Path, vid: str, uids: Iterable[str]) -> None:
+    """IEMOCAP utterance ids carry their session too, and it must be their dialogue's."""
+    for uid in uids:
+        session = _session_digit(uid)
+        if session is None:
+            raise ImerbenchError(
+                f"{path}: utterance id '{uid}' of dialogue '{vid}' has no session digit at index "
+                "4 (IEMOCAP utterance ids look like 'Ses01F_impro01_F000'); rename the utterance"
+            )
+        if session != _session_digit(vid):
+            raise ImerbenchError(
+                f"{path}: utterance '{uid}' is from session {session}, but its dialogue '{vid}' "
+                f"is from session {_session_digit(vid)}; one of the two ids is wrong"
+            )
+
+
 def _parse_sessions(path: Path, dialogue_ids: tuple[str, ...]) -> np.ndarray:
     sessions = []
     for vid in dialogue_ids:
-        digit = vid[4:5]
-        if len(digit) != 1 or digit not in "0123456789":
-            raise ImerbenchError(
-                f"{path}: dialogue id '{vid}' has no session digit at index 4 (IEMOCAP ids look "
-                "like 'Ses01F_impro01'); the folds are one per session, so rename the dialogue"
-            )
-        sessions.append(int(digit))
+        session = _session_digit(vid)
+        if session is None:
+            raise ImerbenchError(_no_session_message(path, vid))
+        sessions.append(session)
     return np.asarray(sessions, dtype=np.int64)
 
 
@@ -467,6 +546,14 @@ def _missing_message(
 _HEADERS: dict[bytes, tuple[np.dtype, tuple[int, ...], bool]] = {}
 
 
+def _load_npy(path: str) -> Any:
+    """np.load without its warnings (e.g. about Python 2 headers): the reader itself says what
+    is wrong with a file, in one line, and a warning would add lines to the error output."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return np.load(path, allow_pickle=False)
+
+
 def _read_array(path: str) -> Any:
     """The one place that opens a feature file (tests replace it to prove a cache hit).
 
@@ -476,15 +563,17 @@ def _read_array(path: str) -> Any:
     """
     with open(path, "rb") as fh:
         data = fh.read()
+    if not data.startswith((b"\x93NUMPY", b"PK\x03\x04")):  # np.load would try a pickle
+        raise ValueError("not a .npy file: it does not start with the .npy magic string")
     version = data[6] if len(data) > 10 and data[:6] == b"\x93NUMPY" else 0
     if version not in (1, 2, 3):
-        return np.load(path, allow_pickle=False)
+        return _load_npy(path)
     size_bytes = 2 if version == 1 else 4
     start = 8 + size_bytes
     header = data[start : start + int.from_bytes(data[8:start], "little")]
     parsed = _HEADERS.get(header)
     if parsed is None:
-        arr = np.load(path, allow_pickle=False)  # raises for anything damaged
+        arr = _load_npy(path)  # raises for anything damaged
         if version in (1, 2) and not arr.dtype.hasobject and len(_HEADERS) < 1024:
             read = np.lib.format.read_array_header_1_0
             if version == 2:
@@ -516,6 +605,8 @@ def _vector(path: str) -> np.ndarray:
     except Exception as err:  # a damaged file can fail in many ways; all mean "unreadable"
         raise bad(f"cannot be read as a .npy array ({type(err).__name__}: {_short(err)})") from None
     if not isinstance(arr, np.ndarray):
+        if hasattr(arr, "close"):  # an .npz archive keeps its file open
+            arr.close()
         raise bad(f"holds a {type(arr).__name__}, not a single array")
     if arr.dtype.kind not in "iuf":
         raise bad(f"holds {arr.dtype} values, not numbers")
@@ -531,25 +622,24 @@ def _vector(path: str) -> np.ndarray:
     return arr.mean(axis=0) if arr.ndim == 2 else arr
 
 
-class _WidthTracker:
-    """Holds every file of one modality to the first file's width."""
-
-    def __init__(self, info: DatasetInfo, listing: _ModalityListing) -> None:
-        self.info = info
-        self.listing = listing
-        self.width: int | None = None
-        self.first_file: str | None = None
-
-    def check(self, path: str, vec: np.ndarray) -> None:
-        if self.width is None:
-            self.width, self.first_file = len(vec), path
-        elif len(vec) != self.width:
-            raise ImerbenchError(
-                f"{self.info.id}: feature file {path} has width {len(vec)}, but the "
-                f"{MODALITY_WORDS[self.listing.modality]} files under {self.listing.folder} have "
-                f"width {self.width} (first: {self.first_file}); every file of one feature folder "
-                "must have the same width: re-extract it"
-            )
+def _width_message(
+    info: DatasetInfo,
+    listing: _ModalityListing,
+    odd: tuple[str, int],
+    width: int,
+    counts: Counter[int],
+    example: str,
+) -> str:
+    """One file of another width than most: named, with both widths and how many differ."""
+    total = sum(counts.values())
+    others = total - counts[width]
+    more = f"; {others} files in all differ" if others > 1 else ""
+    return (
+        f"{info.id}: feature file {odd[0]} has width {odd[1]}, but "
+        f"{counts[width]} of the {total} {MODALITY_WORDS[listing.modality]} files under "
+        f"{listing.folder} have width {width} (first: {example}){more}; every file of one "
+        "feature folder must have the same width: re-extract it"
+    )
 
 
 def _parse_modality(
@@ -557,39 +647,59 @@ def _parse_modality(
 ) -> tuple[np.ndarray, np.ndarray]:
     """([N, D] float32 features with zero rows where absent, [N] present).
 
-    With `problems` None the first bad file raises; otherwise each bad file is recorded there,
-    its utterance treated as absent, and parsing goes on (for `check_data_root`).
+    The width is the one most files have (a tie goes to the first file's), so that the message
+    names the odd file even when it comes first. With `problems` None the first bad file
+    raises; otherwise each bad file is recorded there, its utterance treated as absent, and
+    parsing goes on (for `check_data_root`).
     """
     n = len(listing.sources)
-    tracker = _WidthTracker(info, listing)
-    vectors: list[np.ndarray | None] = []
+    counts: Counter[int] = Counter()
+    first_of: dict[int, str] = {}
+    # Per utterance: its files' (path, width) and, where they agree, their mean vector.
+    parsed: list[tuple[list[tuple[str, int]], np.ndarray | None] | None] = []
     for sources in listing.sources:
         if sources is None:
-            vectors.append(None)
+            parsed.append(None)
             continue
         try:
-            faces = []
-            for path in sources:
-                vec = _vector(path)
-                tracker.check(path, vec)
-                faces.append(vec)
-            vectors.append(faces[0] if len(faces) == 1 else np.mean(faces, axis=0))
+            vectors = [(path, _vector(path)) for path in sources]
         except ImerbenchError as err:
             if problems is None:
                 raise
             problems.append(str(err))
-            vectors.append(None)
-    present = np.array([v is not None for v in vectors], dtype=bool)
-    if tracker.width is None:
+            parsed.append(None)
+            continue
+        widths = [(path, len(vec)) for path, vec in vectors]
+        for path, w in widths:
+            counts[w] += 1
+            first_of.setdefault(w, path)
+        same = len({w for _, w in widths}) == 1
+        vecs = [vec for _, vec in vectors]
+        mean = (vecs[0] if len(vecs) == 1 else np.mean(vecs, axis=0)) if same else None
+        parsed.append((widths, mean))
+    if not counts:
         raise ImerbenchError(
             f"{info.id}: the {MODALITY_WORDS[listing.modality]} feature folder {listing.folder} "
             f"holds no usable file for any of the {n} utterances; check the folder or pass "
             f"--feature-names {listing.modality}=<folder>"
         )
-    out = np.zeros((n, tracker.width), dtype=np.float32)
-    for i, vec in enumerate(vectors):
-        if vec is not None:
-            out[i] = vec
+    width = max(counts, key=counts.__getitem__)  # insertion order breaks ties: the first file
+    out = np.zeros((n, width), dtype=np.float32)
+    present = np.zeros(n, dtype=bool)
+    for i, entry in enumerate(parsed):
+        if entry is None:
+            continue
+        widths, mean = entry
+        odd = [(path, w) for path, w in widths if w != width]
+        if odd:
+            message = _width_message(info, listing, odd[0], width, counts, first_of[width])
+            if problems is None:
+                raise ImerbenchError(message)
+            problems.append(message)
+            continue
+        assert mean is not None
+        out[i] = mean
+        present[i] = True
     return out, present
 
 
@@ -699,11 +809,9 @@ def read_gcnet(
             features[m], column = _parse_modality(info, listings[m])
             columns.append(column)
         present = np.stack(columns, axis=1)
-        if cache_path is not None and not _cache_store(cache_path, features, present):
-            cache_state = "unwritable"
     speaker_names = tuple(sorted(set(labels.speakers)))
     speaker_index = {s: k for k, s in enumerate(speaker_names)}
-    return Corpus(
+    corpus = Corpus(
         name=info.id,
         task=info.task,
         num_classes=info.num_classes,
@@ -728,6 +836,11 @@ def read_gcnet(
             "cache": cache_state,
         },
     )
+    # Stored only once the corpus has passed its own checks: a cache entry means valid data.
+    store_to = cache_path if cached is None else None
+    if store_to is not None and not _cache_store(store_to, features, present):
+        corpus.info["cache"] = "unwritable"
+    return corpus
 
 
 # --------------------------------------------------------------------------------------------
@@ -755,9 +868,10 @@ def write_gcnet(
         )
     names = resolve_feature_names(feature_names)
     for uid in (*corpus.utterance_ids, *corpus.dialogue_ids):
-        if not uid or "/" in uid or "\\" in uid or uid.startswith("."):
+        problem = _id_problem(uid)
+        if problem:
             raise ImerbenchError(
-                f"id '{uid}' of corpus '{corpus.name}' cannot name a feature file; use ids "
+                f"id {_shown(uid)} of corpus '{corpus.name}' {problem}; use printable ids "
                 "without slashes or a leading dot"
             )
     dataset_dir = Path(root) / info.folder
@@ -776,7 +890,10 @@ def write_gcnet(
         video_sentences[vid] = ["" for _ in rows]
     items: list[Any] = [video_ids, video_labels, video_speakers, video_sentences]
     if _is_iemocap(info):
-        sessions = _parse_sessions(Path(f"corpus '{corpus.name}'"), corpus.dialogue_ids)
+        where = Path(f"corpus '{corpus.name}'")
+        sessions = _parse_sessions(where, corpus.dialogue_ids)
+        for vid in corpus.dialogue_ids:
+            _check_utterance_sessions(where, vid, video_ids[vid])
         last = int(sessions.max())
         items.append({v for v, s in zip(corpus.dialogue_ids, sessions, strict=True) if s != last})
         items.append({v for v, s in zip(corpus.dialogue_ids, sessions, strict=True) if s == last})
@@ -845,7 +962,9 @@ class DatasetReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def lines(self) -> list[str]:
+    def lines(self, problems: bool = True) -> list[str]:
+        """The report; `problems` False leaves the PROBLEM lines out (the CLI writes them to
+        the error output)."""
         out = [f"{self.dataset}: {self.label_file}"]
         if self.utterances:
             unit = "dialogues" if self.sessions else "videos"
@@ -876,10 +995,12 @@ class DatasetReport:
         if self.other_feature_folders:
             others = ", ".join(f"{k} ({v} entries)" for k, v in self.other_feature_folders.items())
             out.append(f"  other feature folders: {others}")
-        if self.problems:
+        if not self.problems:
+            out.append("  ok")
+        elif problems:
             out += [f"  PROBLEM: {p}" for p in self.problems]
         else:
-            out.append("  ok")
+            out.append(f"  {len(self.problems)} problem(s), on the error output")
         return out
 
 
@@ -895,13 +1016,25 @@ class DataReport:
     def ok(self) -> bool:
         return bool(self.datasets) and not self.problems and all(d.ok for d in self.datasets)
 
-    def lines(self) -> list[str]:
+    def all_problems(self) -> list[str]:
+        """Every problem, each one line that names its file: what `data check` reports as
+        errors."""
+        return [*self.problems, *(p for d in self.datasets for p in d.problems)]
+
+    def lines(self, problems: bool = True) -> list[str]:
+        """The report; `problems` False leaves the PROBLEM lines out (see `all_problems`)."""
         found = ", ".join(d.dataset for d in self.datasets) or "none"
         out = [f"data root {self.root}: datasets found: {found}"]
-        out += [f"PROBLEM: {p}" for p in self.problems]
+        if problems:
+            out += [f"PROBLEM: {p}" for p in self.problems]
         for d in self.datasets:
-            out += d.lines()
-        out.append("all ok" if self.ok else "problems found: see the PROBLEM lines above")
+            out += d.lines(problems)
+        if self.ok:
+            out.append("all ok")
+        elif problems:
+            out.append("problems found: see the PROBLEM lines above")
+        else:
+            out.append(f"problems found: {len(self.all_problems())}, on the error output")
         return out
 
 

@@ -5,12 +5,15 @@ as mean +/- std over seeds. The best mean of each column is marked using the met
 `higher_is_better`; a dagger marks methods significantly worse than the best (paired t-test
 over the same folds and seeds, Holm-corrected within the column, alpha 0.05). On the
 synthetic corpora the Bayes-optimal limit is printed beside; with `paper=True`, the numbers
-published in the ComP paper too.
+published in the ComP paper too. A double dagger marks a score some of whose runs failed (a
+note under the table says how many and why); where none succeeded the cell reads `failed`,
+so a failing method never silently drops out of the table.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -22,6 +25,7 @@ from imerbench.metrics import METRICS
 from imerbench.stats import holm, paired_t, summary
 
 ALPHA = 0.05
+FAILED_MARK = "‡"  # some runs behind this score failed
 # The ComP paper's names, and which of our rows they correspond to.
 PAPER_METHODS = {"ComP": "comp-ref", "GCNet": "gcnet", "MoMKE": "momke", "MMIN": "mmin"}
 PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
@@ -41,6 +45,33 @@ class Leaderboard:
     failed: dict[str, int] = field(default_factory=dict)
     bayes: dict[float, float] = field(default_factory=dict)
     paper: dict[str, dict[float, float]] = field(default_factory=dict)  # label -> mr -> value
+    # (method, mask) -> (failed runs, runs, first error); a run is one cell (fold, seed)
+    runs: dict[tuple[str, str], tuple[int, int, str]] = field(default_factory=dict)
+
+    @property
+    def failures(self) -> dict[tuple[str, str], tuple[int, int, str]]:
+        return {key: value for key, value in self.runs.items() if value[0]}
+
+    def run_counts(self, method: str, mr: float) -> tuple[int, int, str]:
+        """(failed, runs, first error) behind a table cell."""
+        for (m, mask), value in self.runs.items():
+            if m == method and is_rate(mask) and float(mask) == mr:
+                return value
+        return (0, 0, "")
+
+    def failed_runs(self, method: str, mr: float) -> tuple[int, int, str] | None:
+        """(failed, runs, first error) of a table cell whose runs did not all succeed."""
+        counts = self.run_counts(method, mr)
+        return counts if counts[0] else None
+
+    def notes(self) -> list[str]:
+        """One line per method and mask with failed runs: how many of how many, and why."""
+        lines = []
+        for (method, mask), (n, m, error) in sorted(self.failures.items()):
+            where = f"MR {float(mask):g}" if is_rate(mask) else f"mask {mask}"
+            reason = error if len(error) <= 120 else error[:117] + "..."
+            lines.append(f"{FAILED_MARK} {method}, {where}: {n} of {m} runs failed ({reason})")
+        return lines
 
     @property
     def higher(self) -> bool:
@@ -60,23 +91,24 @@ class Leaderboard:
         return 1.0 if self.metric == "mae" else 100.0
 
     def cell_text(self, method: str, mr: float) -> str:
+        """Mean ± std over seeds; marked when some runs failed, `failed` when all did."""
         s = summary(self.cells.get((method, mr), []))
+        failed = self.failed_runs(method, mr)
         if s.n == 0:
-            return "-"
+            return f"failed {FAILED_MARK}" if failed else "-"
         text = f"{s.mean * self.scale():.2f}"
         if s.n > 1:
             text += f" ± {s.std * self.scale():.2f}"
-        return text
+        return text + (f" {FAILED_MARK}" if failed else "")
 
     def rows(self) -> list[tuple[str, list[str], list[bool], list[bool]]]:
         """(label, texts, is_best, is_worse) per method, then the reference rows."""
         out = []
         best = {mr: self.best(mr) for mr in self.rates}
         for method in self.methods:
-            label = method + (f" ({self.failed[method]} failed)" if self.failed.get(method) else "")
             out.append(
                 (
-                    label,
+                    method,
                     [self.cell_text(method, mr) for mr in self.rates],
                     [best[mr] == method for mr in self.rates],
                     [(method, mr) in self.worse for mr in self.rates],
@@ -97,7 +129,8 @@ class Leaderboard:
         return (
             f"{self.dataset}: {self.metric} ({unit}`{self.selection}` selection, mean ± std "
             f"over seeds; † significantly worse than the best, paired t-test, Holm, "
-            f"α = {ALPHA})"
+            f"α = {ALPHA}"
+            + (f"; {FAILED_MARK} some runs failed, see below)" if self.failures else ")")
         )
 
     def to_markdown(self) -> str:
@@ -113,11 +146,14 @@ class Leaderboard:
                 f"*{label}*" if label == "Bayes limit" or label.endswith("(published)") else label
             )
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        if self.failures:
+            lines += ["", *(f"- {note}" for note in self.notes())]
         return "\n".join(lines)
 
     def to_latex(self) -> str:
         def tex(text: str) -> str:
-            return text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
+            text = text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
+            return text.replace(FAILED_MARK, r"$^\ddagger$")
 
         cols = "l" + "r" * len(self.rates)
         lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule"]
@@ -129,12 +165,14 @@ class Leaderboard:
                 for t, b, w in zip(texts, best, worse, strict=True)
             ]
             lines.append(tex(label) + " & " + " & ".join(cells) + r" \\")
-        lines += [
-            r"\bottomrule",
-            r"\end{tabular}",
-            rf"\caption{{{tex(self.caption())}}}",
-            r"\end{table}",
-        ]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        for note in self.notes():
+            plain = re.sub(r"[\\^~]", " ", note)  # error texts are free text
+            escaped = re.sub(r"([&%$#_{}])", r"\\\1", plain)
+            lines.append(
+                r"\par{\footnotesize " + escaped.replace(FAILED_MARK, "$^\\ddagger$") + "}"
+            )
+        lines += [rf"\caption{{{tex(self.caption())}}}", r"\end{table}"]
         return "\n".join(lines)
 
     def to_frame(self) -> pd.DataFrame:
@@ -143,6 +181,7 @@ class Leaderboard:
         for method in self.methods:
             for mr in self.rates:
                 s = summary(self.cells.get((method, mr), []))
+                failed, runs, _ = self.run_counts(method, mr)
                 rows.append(
                     {
                         "dataset": self.dataset,
@@ -157,6 +196,8 @@ class Leaderboard:
                         "best": best[mr] == method,
                         "significantly_worse": (method, mr) in self.worse,
                         "source": "imerbench",
+                        "runs": runs,
+                        "failed_runs": failed,
                     }
                 )
         for label, values in self.paper.items():
@@ -234,7 +275,9 @@ def leaderboards(
             continue
         per_fold_seed = ok.groupby(["method", "missing_rate", "fold", "seed"])["value"].mean()
         per_seed = per_fold_seed.groupby(["method", "missing_rate", "seed"]).mean()
-        rates = sorted({float(r) for r in ok["missing_rate"]})
+        runs = count_runs(rows)
+        failed_rates = {float(mask) for (_, mask), n in runs.items() if n[0] and is_rate(mask)}
+        rates = sorted({float(r) for r in ok["missing_rate"]} | failed_rates)
         cells = {(m, float(r)): list(v.values) for (m, r), v in per_seed.groupby(level=[0, 1])}
         board = Leaderboard(
             dataset,
@@ -246,12 +289,38 @@ def leaderboards(
             worse=significantly_worse(per_fold_seed, methods, rates, info.primary_metric),
             failed={k: int(v) for k, v in failed.items()},
             bayes=bayes_limits(dataset, info.primary_metric, rates),
+            runs=runs,
         )
         if paper:
             board.paper = paper_numbers(dataset, info.primary_metric)
             board.rates = sorted(set(rates) | {r for v in board.paper.values() for r in v})
         boards.append(board)
     return boards
+
+
+def count_runs(rows: pd.DataFrame) -> dict[tuple[str, str], tuple[int, int, str]]:
+    """Per (method, mask): (failed runs, runs, first error). A run is one cell, told apart by
+    its config hash (fold and seed where rows lack one); it failed if its row says so."""
+    if rows.empty:
+        return {}
+    key = rows["config_hash"].astype(str)
+    blank = rows["config_hash"].isna() | (key == "")
+    key = key.where(~blank, rows["fold"].astype(str) + "/" + rows["seed"].astype(str))
+    frame = rows.assign(
+        run=key, is_failed=rows["status"] == "failed", mask=rows["mask"].astype(str)
+    )
+    per_run = frame.groupby(["method", "mask", "run"], dropna=False).agg(
+        failed=("is_failed", "any"), error=("error", "first")
+    )
+    out = {}
+    for (method, mask), group in per_run.groupby(level=[0, 1]):
+        errors = [str(e) for e in group.loc[group["failed"], "error"] if str(e).strip()]
+        out[(str(method), str(mask))] = (
+            int(group["failed"].sum()),
+            len(group),
+            errors[0] if errors else "",
+        )
+    return out
 
 
 def significantly_worse(

@@ -191,8 +191,10 @@ def compute_metrics(
     `valid` are [B, L]; whatever the padded positions hold does not count.
     """
     metrics = metrics_for(task)
-    pred, target = _flatten(task, pred, target, valid)
-    values = torch.stack([m.fn(pred, target).to(_F64) for m in metrics]).tolist()
+    # Scores are never computed under an enclosing autocast (bf16 runs): full precision only.
+    with torch.autocast(pred.device.type, enabled=False):
+        pred, target = _flatten(task, pred, target, valid)
+        values = torch.stack([m.fn(pred, target).to(_F64) for m in metrics]).tolist()
     return {m.id: float(v) for m, v in zip(metrics, values, strict=True)}
 
 

@@ -18,7 +18,7 @@ from imerbench.errors import ImerbenchError
 from imerbench.evaluation import Scores, evaluate, subset_scores
 from imerbench.masks import MaskStore, parse_mask_spec
 from imerbench.registry import create_method, get_entry
-from imerbench.training import data_spec
+from imerbench.training import autocast, data_spec
 
 
 def rescore_cell(
@@ -53,5 +53,6 @@ def rescore_cell(
     model = method.build(data_spec(corpus)).to(device)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     stage = method.stage_of(config["selected_epochs"][selection])
-    scores = {"mask": evaluate(model, method, test, stage, corpus.task)}
-    return scores | subset_scores(model, method, test, stage, corpus.task)
+    with autocast(device, config.get("precision", "fp32")):  # as the rows were scored
+        scores = {"mask": evaluate(model, method, test, stage, corpus.task)}
+        return scores | subset_scores(model, method, test, stage, corpus.task)

@@ -4,7 +4,9 @@ Layout of an output folder:
     results.csv                       the merged view of every cell's rows (rebuilt, atomic)
     masks/                            the stored validation/test masks
     cells/<dataset>/<method>/<cell>/  rows.csv (written last, atomically: the cell is done
-                                      when it exists), log.txt, curves.csv, weights-*.pt
+                                      when it exists), log.txt, curves.csv, weights-*.pt,
+                                      cell.json (config and provenance), and `claim` (the
+                                      process training it) while it runs
 
 Everything else (leaderboards, plots, statistics) is computed from these rows.
 """
@@ -12,18 +14,28 @@ Everything else (leaderboards, plots, statistics) is computed from these rows.
 from __future__ import annotations
 
 import csv
+import errno
 import io
+import json
 import os
 import re
+import socket
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from imerbench.errors import ImerbenchError
+
+try:
+    import fcntl
+except ImportError:  # Windows: there, takeovers and merges are not serialized
+    fcntl = None  # type: ignore[assignment]
 
 SCHEMA_VERSION = 1
 # Add columns at the end, never rename: older results stay readable.
@@ -32,17 +44,45 @@ COLUMNS: tuple[str, ...] = (
     "selection", "condition", "output", "metric", "value", "epoch", "epochs", "train_seconds",
     "parameters", "device", "config_hash", "code_version", "status", "error",
     "mask",  # added in schema 1: the cell's mask spec ("0.3", "at", "a=0.1,t=0.2,v=0.6")
+    "attempts",  # how many times the cell was started (a worker that died is retried)
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"
 
 
+_cell_writes = 0  # rows files written by this process (for the write-error test hook)
+
+
+def _injected_write_error(path: Path) -> OSError | None:
+    """Test hook `IMERBENCH_TEST_WRITE_ERROR=ENOSPC:3`: the 3rd rows-file write of this
+    process and every later one fail with that errno, as a full or read-only disk would."""
+    global _cell_writes
+    spec = os.environ.get("IMERBENCH_TEST_WRITE_ERROR")
+    if not spec or path.name != ROWS_FILE:
+        return None
+    name, _, nth = spec.partition(":")
+    code = getattr(errno, name, None)
+    if not isinstance(code, int) or not nth.isdigit():
+        raise ValueError(f"IMERBENCH_TEST_WRITE_ERROR={spec}: use ERRNO:N, e.g. ENOSPC:3")
+    _cell_writes += 1
+    if _cell_writes < int(nth):
+        return None
+    return OSError(code, os.strerror(code), str(path))
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a torn one."""
+    injected = _injected_write_error(path)
+    if injected is not None and injected.errno != errno.ENOSPC:
+        raise injected  # a read-only disk refuses to create the file at all
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            if injected is not None:  # a full disk fails part-way through the data
+                fh.write(text[: len(text) // 2])
+                fh.flush()
+                raise injected
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
@@ -114,9 +154,18 @@ class ResultStore:
         return pd.concat(frames, ignore_index=True)
 
     def merge(self) -> pd.DataFrame:
-        """Rebuild results.csv from the cell files, atomically; return it."""
-        df = self.read()
-        atomic_write_text(self.merged_path, df.to_csv(index=False, lineterminator="\n"))
+        """Rebuild results.csv from the cell files, atomically; return it.
+
+        Merges of concurrent runs on one folder are serialized, so the last one to finish
+        reads every cell finished before it (an older view never overwrites a newer one).
+        """
+        with file_lock(self.root / MERGE_LOCK):
+            # Only merges write results.csv, and they hold the lock: any temporary of it
+            # seen now was left by a killed run.
+            for stale in self.root.glob(f".{MERGED_FILE}.*.tmp"):
+                stale.unlink(missing_ok=True)
+            df = self.read()
+            atomic_write_text(self.merged_path, df.to_csv(index=False, lineterminator="\n"))
         return df
 
 
@@ -125,6 +174,8 @@ def read_rows(path: Path) -> pd.DataFrame:
     df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"mask": str})
     if "mask" not in df.columns:  # older rows: the mask was always a missing rate
         df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
+    # Rows written before `attempts` existed (or without it) came from one attempt.
+    df["attempts"] = df["attempts"].fillna(1).astype(int) if "attempts" in df.columns else 1
     return df
 
 
@@ -145,3 +196,190 @@ def read_results(path: str | Path) -> pd.DataFrame:
     if missing:
         raise ImerbenchError(f"{path} is not an imerbench results table (no {missing[0]} column)")
     return df
+
+
+# Claims: which process is running a cell, so that runs sharing a folder never train one
+# cell twice. `<cell>/claim` is created when a cell starts and removed once its rows are
+# written (or it failed); a claim whose process has died on this host is stale.
+CLAIM_FILE = "claim"
+CLAIM_LOCK = ".claim.lock"  # serializes stale-claim takeovers of one cell
+MERGE_LOCK = ".results.lock"  # serializes rebuilds of results.csv
+TORN_CLAIM_AGE_S = 10.0  # a claim without content older than this was cut off by a kill
+_PROCFS = Path("/proc/self/stat").exists()
+_HELD: set[Path] = set()  # the claims this process holds now
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock among processes on this host; the kernel drops it when its holder
+    dies, so a killed run never leaves it held."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """Fields 3.. of /proc/<pid>/stat (state first, start time at index 19); None: no such
+    process."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return text.rsplit(")", 1)[1].split()
+
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of a process: with the pid, it tells a process from a later
+    one that reuses its pid ('' where /proc is not available)."""
+    fields = _proc_stat(pid) if _PROCFS else None
+    return fields[19] if fields else ""
+
+
+def _pid_alive(pid: int, pid_start: str) -> bool:
+    if os.name == "nt":  # os.kill would terminate it: unknown, so alive (remove by hand)
+        return True
+    if not _PROCFS:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    fields = _proc_stat(pid)
+    if fields is None or fields[0] in ("Z", "X", "x"):  # gone, or exited and not reaped
+        return False
+    return not pid_start or fields[19] == pid_start
+
+
+@dataclass(frozen=True)
+class Claim:
+    """The process running a cell, as written in the cell's claim file."""
+
+    pid: int
+    host: str
+    started: str
+    pid_start: str = ""
+
+    @staticmethod
+    def mine() -> Claim:
+        return Claim(
+            os.getpid(),
+            socket.gethostname(),
+            time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            _process_start(os.getpid()),
+        )
+
+    def to_text(self) -> str:
+        return json.dumps(asdict(self)) + "\n"
+
+    def describe(self) -> str:
+        if not self.pid:
+            return "pid unknown"
+        where = "" if self.host == socket.gethostname() else f" on {self.host}"
+        return f"pid {self.pid}{where}"
+
+    def is_mine(self) -> bool:
+        mine = Claim.mine()
+        return (self.pid, self.host, self.pid_start) == (mine.pid, mine.host, mine.pid_start)
+
+
+def _read_claim_text(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _parse_claim(text: str) -> Claim | None:
+    try:
+        raw = json.loads(text)
+        return Claim(int(raw["pid"]), str(raw["host"]), str(raw["started"]), str(raw["pid_start"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _live_holder(path: Path, text: str) -> Claim | None:
+    """The live process behind this claim text, or None when the claim is stale. A process
+    on another host cannot be checked from here, so its claim counts as live."""
+    claim = _parse_claim(text)
+    if claim is None:  # empty for an instant after its creation, unless its writer died
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        return Claim(0, socket.gethostname(), "") if age < TORN_CLAIM_AGE_S else None
+    if claim.host != socket.gethostname():
+        return claim
+    if claim.is_mine():  # this process: held now, or left by an earlier run in it
+        return claim if path in _HELD else None
+    return claim if _pid_alive(claim.pid, claim.pid_start) else None
+
+
+def claim_cell(cell_dir: Path) -> Claim | None:
+    """Claim a cell for this process. None: this process holds it now; else the live
+    process that does.
+
+    The claim file is created with O_CREAT|O_EXCL, so of two processes one wins. A stale
+    claim is taken over under the cell's lock, and only if it is still the same file
+    content after the lock is held (another process may have taken it over meanwhile).
+    """
+    path = cell_dir / CLAIM_FILE
+    mine = Claim.mine()
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            pass
+        else:
+            _HELD.add(path)
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    fh.write(mine.to_text())
+            except BaseException:
+                _HELD.discard(path)
+                path.unlink(missing_ok=True)
+                raise
+            return None
+        text = _read_claim_text(path)
+        if text is None:
+            continue  # released meanwhile: create it again
+        holder = _live_holder(path, text)
+        if holder is not None:
+            return holder
+        with file_lock(cell_dir / CLAIM_LOCK):
+            if _read_claim_text(path) != text:
+                continue  # taken over or released meanwhile: look again
+            atomic_write_text(path, mine.to_text())
+            _HELD.add(path)
+            return None
+    raise ImerbenchError(f"{path} keeps changing; is another run taking this cell over?")
+
+
+def release_claim(cell_dir: Path) -> None:
+    """Remove this process's claim on a cell (never another's). Failing to remove it is
+    harmless: a claim outlives its process only as a stale one."""
+    path = cell_dir / CLAIM_FILE
+    _HELD.discard(path)
+    text = _read_claim_text(path)
+    claim = _parse_claim(text) if text is not None else None
+    if claim is not None and claim.is_mine():
+        with suppress(OSError):
+            path.unlink()
+
+
+def remove_stale_claim(cell_dir: Path) -> None:
+    """Drop a dead process's claim on a cell (left when a run was killed after writing the
+    cell's rows and before removing its claim). Only tidiness: a read-only folder keeps it."""
+    path = cell_dir / CLAIM_FILE
+    text = _read_claim_text(path)
+    if text is None or _live_holder(path, text) is not None:
+        return
+    with suppress(OSError), file_lock(cell_dir / CLAIM_LOCK):
+        if _read_claim_text(path) == text:
+            path.unlink(missing_ok=True)

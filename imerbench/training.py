@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field, replace
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +24,7 @@ from imerbench.batch import SplitData
 from imerbench.corpus import MODALITIES, Corpus
 from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
 from imerbench.masks import MaskSpec, train_mask
-from imerbench.method import DataSpec, Method
+from imerbench.method import DataSpec, Method, ModelOutput
 from imerbench.metrics import METRICS
 from imerbench.seeding import derive_seed, rng
 
@@ -71,6 +73,26 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+def autocast(device: torch.device | str, precision: str) -> AbstractContextManager[None]:
+    """The forward passes' precision: `fp32` as written, or `bf16` autocast (weights, optimizer
+    state and metrics stay in float32; bf16 has float32's range, so no loss scaling)."""
+    if precision == "fp32":
+        return nullcontext()
+    if precision == "bf16":
+        return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    raise ValueError(f"precision '{precision}' is not fp32 or bf16")
+
+
+def float32_outputs(out: ModelOutput) -> ModelOutput:
+    """The predictions in float32 for hooks that compute with them (ComP's modulator sums
+    errors over a batch); under bf16 autocast the forward leaves them in bfloat16."""
+    if out.fused.dtype == torch.float32 and all(
+        h.dtype == torch.float32 for h in out.heads.values()
+    ):
+        return out
+    return replace(out, fused=out.fused.float(), heads={m: h.float() for m, h in out.heads.items()})
+
+
 def train_cell(
     method: Method,
     corpus: Corpus,
@@ -83,6 +105,7 @@ def train_cell(
     oracle: bool = True,
     modality_curves: bool = True,
     subsets: bool = True,
+    precision: str = "fp32",
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainOutcome:
     """Train one cell. `splits` hold the train/val/test data on the device, with the
@@ -91,9 +114,12 @@ def train_cell(
     `modality_curves`: also score validation with each single modality forced, every epoch
     (the per-modality training curves). `subsets`: score the selected weights (val, or the
     oracle's without val) on every forced subset and stored-mask pattern of the test split.
+    `precision`: `bf16` runs every forward pass (training and evaluation) under bfloat16
+    autocast; see `autocast`.
     """
     train, val, test = splits["train"], splits.get("val"), splits["test"]
     device = train.device
+    amp = partial(autocast, device, precision)
     task = corpus.task
     higher = METRICS[primary].higher_is_better
     stream = (corpus.name, fold, str(mask), seed)
@@ -130,11 +156,12 @@ def train_cell(
         for batch in train.batches(
             method.hp["batch_size"], order, method.fixed_length, complete=method.needs_complete
         ):
-            out = model(batch, stage)
-            loss = method.loss(model, out, batch, stage)
+            with amp():
+                out = model(batch, stage)
+                loss = method.loss(model, out, batch, stage)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            method.after_backward(model, out, batch, stage)
+            method.after_backward(model, float32_outputs(out), batch, stage)
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1
@@ -143,16 +170,19 @@ def train_cell(
             raise CellFailure(f"training loss became {mean_loss} in epoch {epoch} ({stage})")
         history.append((epoch, stage, "train", "mask", "fused", "loss", mean_loss))
 
-        val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
+        with amp():
+            val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
         method.on_epoch_end(model, epoch, stage, val_scores)
-        test_scores = evaluate(model, method, test, stage, task) if oracle else {}
+        with amp():
+            test_scores = evaluate(model, method, test, stage, task) if oracle else {}
         for split, scores in (("val", val_scores), ("test", test_scores)):
             for output, values in scores.items():
                 history.extend(
                     (epoch, stage, split, "mask", output, k, v) for k, v in values.items()
                 )
         if modality_curves and val is not None:
-            forced = subset_scores(model, method, val, stage, task, MODALITIES, False)
+            with amp():
+                forced = subset_scores(model, method, val, stage, task, MODALITIES, False)
             for condition, scores in forced.items():
                 for output, values in scores.items():
                     value = values[primary]
@@ -175,7 +205,8 @@ def train_cell(
     if "val" in best:
         _, epoch, state, _ = best["val"]
         model.load_state_dict(state)
-        test_preds = predict(model, method, test, last_stage)  # the one test evaluation
+        with amp():
+            test_preds = predict(model, method, test, last_stage)  # the one test evaluation
         scores = score(test_preds, test, task)
         selected["val"] = Selected("val", epoch, scores, state)
         log(f"val selection: epoch {epoch + 1}, test {primary} {scores['fused'][primary]:.4f}")
@@ -188,9 +219,10 @@ def train_cell(
         chosen = selected["val"] if "val" in selected else selected["test-oracle"]
         model.load_state_dict(chosen.state)
         stage_of_choice = method.stage_of(chosen.epoch)
-        chosen.conditions = subset_scores(
-            model, method, test, stage_of_choice, task, preds=test_preds
-        )
+        with amp():
+            chosen.conditions = subset_scores(
+                model, method, test, stage_of_choice, task, preds=test_preds
+            )
     diagnostics = method.diagnostics(model)
     parameters = sum(p.numel() for p in model.parameters())
     return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)

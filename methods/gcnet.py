@@ -18,6 +18,8 @@ width is `graph_hidden` (the code uses hidden // 2), and the optional nodal atte
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 from torch import Tensor, nn
 
@@ -123,13 +125,22 @@ class DialogueLSTM(nn.Module):
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
         # x: [B, L, F]; valid: [B, L] -> [B, L, 2 * hidden]
         rev = reverse_within(valid)[..., None]  # [B, L, 1]
-        for k, (fw, bw) in enumerate(zip(self.forward_rnn, self.backward_rnn, strict=True)):
-            if k:
-                x = self.drop(x)  # between layers, as nn.LSTM's dropout
-            ahead, _ = fw(x)  # [B, L, H]
-            back, _ = bw(x.gather(1, rev.expand_as(x)))
-            x = torch.cat([ahead, back.gather(1, rev.expand_as(back))], dim=-1)
+        with float32_on_cpu(x):
+            if x.device.type == "cpu":
+                x = x.float()
+            for k, (fw, bw) in enumerate(zip(self.forward_rnn, self.backward_rnn, strict=True)):
+                if k:
+                    x = self.drop(x)  # between layers, as nn.LSTM's dropout
+                ahead, _ = fw(x)  # [B, L, H]
+                back, _ = bw(x.gather(1, rev.expand_as(x)))
+                x = torch.cat([ahead, back.gather(1, rev.expand_as(back))], dim=-1)
         return x
+
+
+def float32_on_cpu(x: Tensor) -> AbstractContextManager[object]:
+    """oneDNN has no bfloat16 LSTM on CPUs without bfloat16 units, so under bf16 autocast the
+    LSTMs run in float32 on the CPU (a no-op in fp32 runs); on CUDA autocast applies."""
+    return torch.autocast("cpu", enabled=False) if x.device.type == "cpu" else nullcontext()
 
 
 class GraphBranch(nn.Module):

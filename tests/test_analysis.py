@@ -8,7 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from imerbench.analysis import ceilings, modality_gap, protocol_gap, under_optimization
+from imerbench.analysis import (
+    ceilings,
+    modality_gap,
+    protocol_gap,
+    subset_matrix,
+    under_optimization,
+)
 from imerbench.grid import grid_from_dict
 from imerbench.leaderboard import leaderboards, paper_numbers, render
 from imerbench.report import write_report
@@ -64,6 +70,15 @@ def test_gap_ceilings_and_under_optimization_follow_the_definitions() -> None:
     uo = under_optimization(df).query("method == 'fusion'").set_index(["seed", "modality"])
     assert uo.loc[(0, "a"), "under_optimization"] == pytest.approx(0.50 - 0.58)
     assert uo.loc[(1, "v"), "under_optimization"] == pytest.approx(0.41 - 0.45)
+
+
+def test_subset_heatmap_averages_missing_rate_cells_only() -> None:
+    df = rows_frame()
+    ceiling = pd.DataFrame([row("fusion", "a", s, "a", 0.99) for s in (0, 1)])
+    table = subset_matrix(pd.concat([df, ceiling], ignore_index=True), "synthetic")
+    # fusion's forced-a scores at MR 0.3 are 0.50 and 0.51; the mask-"a" cells' 0.99 is not one
+    assert table.at["fusion", "a"] == pytest.approx(0.505)
+    assert table.at["fusion", "t"] == pytest.approx(0.605)
 
 
 def test_protocol_gap_is_oracle_minus_val_per_seed() -> None:

@@ -109,40 +109,139 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     )
 
 
+TOKEN_VAR = "IMERBENCH_TEST_TOKEN"  # marks every process a test started, workers included
+
+
+def processes_with_token(token: str) -> dict[int, str]:
+    """Live processes whose environment carries `TOKEN_VAR=token` (pid -> command line).
+    Workers inherit the environment, so this finds a killed run's orphans; zombies have no
+    readable environment and are dead anyway."""
+    found = {}
+    needle = f"{TOKEN_VAR}={token}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
+    return found
+
+
+def wait_for_no_orphans(token: str, timeout: float = 20.0) -> dict[int, str]:
+    """What still runs after `timeout` s (a killed worker dies as soon as the kernel
+    delivers its parent-death signal; the resource tracker exits when its pipe closes)."""
+    deadline = time.monotonic() + timeout
+    alive = processes_with_token(token)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = processes_with_token(token)
+    return alive
+
+
+def claims_under(out: Path) -> list[Path]:
+    return sorted(out.glob("cells/*/*/*/claim"))
+
+
+def claimed_since(out: Path, since: float) -> set[Path]:
+    """The cells of `out` that hold a claim made (or taken over) at or after `since`."""
+    found = set()
+    for claim in claims_under(out):
+        try:
+            if claim.stat().st_mtime >= since:
+                found.add(claim.parent)
+        except FileNotFoundError:  # released meanwhile
+            continue
+    return found
+
+
 @pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
+    """20 runs killed with SIGKILL: one during a held rows write, the others at random
+    moments (from the start, or once a cell is claimed), some with two pool workers. Then
+    no orphan runs, the resume runs exactly the unfinished cells, and nothing is torn or
+    doubled."""
     out = tmp_path / "run"
-    args = ["run", "--methods", "early-fusion,late-fusion", "--missing-rates", "0.0,0.3,0.7",
-            "--seeds", "0", "--epochs", "1", "--device", "cpu", "--out", str(out),
+    token = f"kill-{os.getpid()}-{time.time_ns()}"
+    args = ["run", "--methods", "early-fusion", "--missing-rates", "0.0,0.3,0.7",
+            "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
             "--no-save-weights"]  # fmt: skip
-    paused = {"IMERBENCH_TEST_PAUSE_WRITE": "1.0"}
+    base_env = {TOKEN_VAR: token, "COLUMNS": "250"}
     gen = random.Random(7)
     torn_write_seen = False
-    for trial in range(4):
-        proc = cli(*args, env=paused)
+    killed_in_cell = 0  # kills that landed while the run held a cell's claim
+    killed_workers: set[int] = set()  # pool workers alive at the moment of a kill
+    finished: list[int] = []  # cells done after each trial
+    startup = {"1": 5.0, "2": 8.0}  # seconds to the first claim, per --jobs, as measured
+    for trial in range(20):
+        jobs = "2" if trial % 3 == 1 else "1"
+        # Every write is held open a while, so kills land in writes more often and a cell
+        # (about 2 s then) outlasts the random delays below: the grid advances only where
+        # a trial waits for a cell to finish, and is not done long before the last trial.
+        pause = "1.0" if trial == 0 else "0.6"
+        env = base_env | {"IMERBENCH_TEST_PAUSE_WRITE": pause}
+        started = time.time()
+        proc = cli(*args, "--jobs", jobs, env=env)
+        deadline = time.monotonic() + 60
         if trial == 0:  # kill while a cell's rows file is half written (held by the hook)
-            deadline = time.time() + 60
-            while time.time() < deadline and not list(out.glob("cells/*/*/*/.rows.csv.*.tmp")):
+            half_written = "cells/*/*/*/.rows.csv.*.tmp"
+            while time.monotonic() < deadline and not list(out.glob(half_written)):
                 time.sleep(0.02)
-            torn_write_seen = bool(list(out.glob("cells/*/*/*/.rows.csv.*.tmp")))
-        else:
-            time.sleep(gen.uniform(3.0, 9.0))
+            torn_write_seen = bool(list(out.glob(half_written)))
+        elif trial % 2 == 1:  # a random moment in its 1st cell, or its 2nd (one finished)
+            cells_to_start = 2 if trial % 6 == 5 else 1
+            seen: set[Path] = set()
+            while time.monotonic() < deadline and proc.poll() is None:
+                seen |= claimed_since(out, started)
+                if len(seen) >= cells_to_start:
+                    break
+                time.sleep(0.02)
+            if cells_to_start == 1 and seen:
+                startup[jobs] = time.time() - started
+            time.sleep(gen.uniform(0.0, 1.5))
+        else:  # a random moment from the start: imports, data, pool start-up, first cell
+            time.sleep(gen.uniform(0.3, 1.3) * startup[jobs])
+        workers = {p for p, cmd in processes_with_token(token).items() if "spawn_main" in cmd}
+        if claimed_since(out, started) and proc.poll() is None:
+            killed_in_cell += 1
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.communicate(timeout=60)
+        if jobs == "2":
+            killed_workers |= workers
+        finished.append(len(list(out.glob("cells/*/*/*/rows.csv"))))
     assert torn_write_seen
-    done = cli(*args)
-    log, _ = done.communicate(timeout=300)
-    assert done.returncode == 0, log
+    assert killed_in_cell >= 3, (killed_in_cell, finished)
+    assert 1 <= finished[-1] <= 5, finished  # the trials advanced; the resume has work
+    assert killed_workers, "no kill landed while pool workers were running"
+    orphans = wait_for_no_orphans(token)
+    assert not orphans, f"processes of killed runs still alive: {orphans}"
+
+    done_before = len(list(out.glob("cells/*/*/*/rows.csv")))
+    missing = 6 - done_before
+    resume = cli(*args, "--jobs", "1", env=base_env)
+    log, _ = resume.communicate(timeout=300)
+    assert resume.returncode == 0, log
+    assert f"{missing} cells ran, 0 failed, {done_before} already done;" in log, log
+    assert "running in another process" not in log
     df = pd.read_csv(out / "results.csv")
+    cell_rows = sum(len(pd.read_csv(p)) for p in out.glob("cells/*/*/*/rows.csv"))
+    assert len(df) == cell_rows  # results.csv is exactly the union of the cell files
     assert not df.duplicated(KEY).any()
-    assert len(df.groupby(["method", "missing_rate"])) == 6
+    assert len(df.groupby(["method", "missing_rate", "seed"])) == 6
+    assert df.groupby(["method", "missing_rate", "seed"])["config_hash"].nunique().eq(1).all()
     assert set(df["status"]) == {"ok"}
-    assert df["value"].notna().all()
-    third = cli(*args)
+    assert df["value"].notna().all() and df["metric"].notna().all()
+    third = cli(*args, env=base_env)
     log, _ = third.communicate(timeout=300)
-    assert third.returncode == 0
-    assert "0 cells ran" in log and "6 already done" in log
+    assert third.returncode == 0, log
+    assert "0 cells ran, 0 failed, 6 already done;" in log, log
     assert pd.read_csv(out / "results.csv").equals(df)
+    assert not claims_under(out)  # released, or dropped as stale once the cell was done
+    assert not list(out.glob("cells/**/*.tmp")) and not list(out.glob(".*.tmp"))
+    assert not wait_for_no_orphans(token, timeout=5.0)
 
 
 def test_saved_weights_rescore_to_the_recorded_rows(tmp_path: Path) -> None:

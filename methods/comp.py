@@ -34,7 +34,9 @@ quirk by quirk, is described in `specs/comp.md`. Two variants share one model:
   - `fix_fusion_zeroing` (quirk 10): in stage 2 the coordinator and fusion head see zeros at
     positions where a modality is missing, as in stage 1.
   Quirk 5 (the prototype projector is a Linear over the padded utterance axis) is the method,
-  kept in both (`fixed_length`). Quirk 9 (test-set selection) is the harness's `test-oracle`.
+  kept in both: batches come trimmed to their longest dialogue and the model pads them to the
+  dataset's padded length where it reads padding. Quirk 9 (test-set selection) is the
+  harness's `test-oracle`.
 
 Readings of points the spec leaves open (what the released code computes):
 - Dropout p on every Mlp, the input projections and the fusion head; 0 on the attention
@@ -59,6 +61,12 @@ Readings of points the spec leaves open (what the released code computes):
   gives NaN once a sigmoid saturates); equal otherwise.
 - Stage 1 sends the shared and private streams through the blocks as one batch of 2B: the
   same computation, half the calls.
+- Padding is read by the per-row encoders (the released reconstruction and JSD terms average
+  over padded rows too) and by the prototype projector, nothing else: after the encoders,
+  padded keys are masked and a padded query only feeds outputs that losses and predictions
+  leave out. So in training the layers after the encoders run on the real utterances alone
+  (their outputs are 0 at padding), and a missing input's projection (the bias) is not
+  multiplied out (`ComPNet.pack_rows`); evaluation computes every position of the batch.
 """
 
 from __future__ import annotations
@@ -66,6 +74,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
@@ -75,7 +84,7 @@ from torch import Tensor, nn
 
 from imerbench.batch import Batch
 from imerbench.corpus import MODALITIES
-from imerbench.layers import ExpertStack, Mlp
+from imerbench.layers import ExpertStack, KeyMaskedAttention, Mlp
 from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param
 from imerbench.registry import register_method
@@ -154,10 +163,117 @@ def convert_released_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ---- the model --------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rows:
+    """The utterance rows that the layers after the encoders compute, as one flat axis [R, ...].
+
+    Dense: every position of the batch's [B, L] grid, padding included (what the released model
+    computes). Packed: the real utterances only. After the encoders, rows meet only in
+    attention, whose padded keys are masked, and in the prompt mix, which reads one row and the
+    prototypes; so a real row's values are the same either way, and the losses and predictions
+    read real rows only. Packed, the outputs are 0 at padded positions.
+    """
+
+    batch: int  # B
+    length: int  # L
+    index: Tensor | None  # [R] positions in the flattened [B, L] grid; None: all of them
+    keys: dict[str, Tensor]  # modality -> [B, L] keys its stream may attend to
+    keep: dict[str, Tensor]  # modality -> [R] rows where it is present
+
+    @classmethod
+    def of(cls, valid: Tensor, keep: Tensor, packed: bool) -> Rows:
+        # valid: [B, L]; keep: [B, L, 3] (present and real)
+        b, length = valid.shape
+        index = valid.flatten().nonzero().squeeze(1) if packed else None
+        keys = {m: keep[..., k] for k, m in enumerate(MODALITIES)}
+        flat = keep.flatten(0, 1) if index is None else keep.flatten(0, 1).index_select(0, index)
+        return cls(b, length, index, keys, {m: flat[:, k] for k, m in enumerate(MODALITIES)})
+
+    def rows(self, grid: Tensor) -> Tensor:
+        """[B, L, ...] -> [R, ...]"""
+        flat = grid.flatten(0, 1)
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def grid(self, rows: Tensor) -> Tensor:
+        """[R, ...] -> [B, L, ...], 0 at the positions not computed."""
+        if self.index is not None:
+            shape = (self.batch * self.length, *rows.shape[1:])
+            rows = rows.new_zeros(shape).index_copy(0, self.index, rows)
+        return rows.unflatten(0, (self.batch, self.length))
+
+    def twice(self) -> Rows:
+        """The same rows of a batch stacked on itself (2B dialogues)."""
+        index = None
+        if self.index is not None:
+            index = torch.cat([self.index, self.index + self.batch * self.length])
+        keys = {m: k.repeat(2, 1) for m, k in self.keys.items()}
+        keep = {m: k.repeat(2) for m, k in self.keep.items()}
+        return Rows(2 * self.batch, self.length, index, keys, keep)
+
+
+def attend(layer: KeyMaskedAttention, x: Tensor, rows: Rows, keys: Tensor) -> Tensor:
+    """`KeyMaskedAttention` over rows [R, D]: the same arithmetic, queries where computed."""
+    b, n, d, h = rows.batch, rows.length, x.shape[-1], layer.heads
+
+    def split(t: Tensor) -> Tensor:  # [R, D] -> [B, H, L, D/H]
+        return rows.grid(t).view(b, n, h, d // h).transpose(1, 2)
+
+    # One product for the three projections (a wider matrix runs faster than three).
+    weight = torch.cat([layer.q.weight, layer.k.weight, layer.v.weight])
+    bias = torch.cat([layer.q.bias, layer.k.bias, layer.v.bias])
+    q, k, v = (split(t) for t in F.linear(x, weight, bias).chunk(3, dim=-1))
+    mask = keys[:, None, None, :]  # [B, 1, 1, L]
+    has_key = mask.any(dim=-1, keepdim=True)  # [B, 1, 1, 1]
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask | ~has_key,
+        dropout_p=layer.attn_drop.p if layer.training else 0.0,
+        scale=layer.scale,
+    )  # [B, H, L, D/H]
+    out = rows.rows((out * has_key).transpose(1, 2).reshape(b, n, d))  # [R, D]
+    return out + layer.mlp(out)
+
+
+def twin_mlp(first: nn.Module, second: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Two `Mlp`s of the same shape on the same input, their first layers as one product."""
+    assert isinstance(first, Mlp) and isinstance(second, Mlp)
+    weight = torch.cat([first.fc1.weight, second.fc1.weight])
+    bias = torch.cat([first.fc1.bias, second.fc1.bias])
+    hidden = first.drop(first.act(F.linear(x, weight, bias)))
+    one, two = hidden.chunk(2, dim=-1)
+    return first.drop(first.fc2(one)), second.drop(second.fc2(two))
+
+
+def through(stack: ExpertStack, x: Tensor, m: str, rows: Rows) -> Tensor:
+    """`ExpertStack` over rows [R, D] with modality m's experts and key mask."""
+    for layer in stack.layers:
+        attention = layer[m]
+        assert isinstance(attention, KeyMaskedAttention)
+        x = x + attend(attention, x, rows, rows.keys[m])
+    return x
+
+
+def released_row_bias(keep: Tensor, group: int) -> Tensor:
+    """The released prototype-softmax row mask as the constant it adds to each row, [B, L]:
+    -10000 where `keep` is False at the row's position in [L, g] order, read against rows in
+    [g, L] order within each pool of `group` dialogues (the last pool may be shorter). A
+    constant per row, so softmax ignores it up to rounding; it is kept for that rounding."""
+    b, length = keep.shape
+    full = b - b % group
+    parts = []
+    for rows, g in ((slice(0, full), group), (slice(full, b), b - full)):
+        if g:
+            part = keep[rows].reshape(-1, g, length).transpose(1, 2)
+            parts.append(part.reshape(-1, length))
+    return (1 - torch.cat(parts).float()) * ROW_MASK
+
+
 class PromptGenerator(nn.Module):
     """Progressive prompt generation: prototypes over the utterance axis, then prompts.
 
-    Prototypes: Mlp(L -> n -> n) over the (padded) utterance axis, [B, n, D]. Prompt of an
+    Prototypes: Mlp(L -> n -> n) over the padded utterance axis, [B, n, D]. Prompt of an
     utterance: Mlp(D -> P -> P) of its softmax-weighted cosine mix of prototypes, plus a
     Linear(D, P) of itself. The layer-2 generator reuses layer 1's prototypes.
     """
@@ -183,48 +299,92 @@ class PromptGenerator(nn.Module):
         self.proj_d = Mlp(dim, prompt_dim, prompt_dim, dropout)
         self.proj_prompt = nn.Linear(dim, prompt_dim)
 
+    def group(self, batch: int) -> int:
+        """Dialogues per pool of prototypes (1: each dialogue its own)."""
+        return 1 if self.per_dialogue else min(self.pool_size or batch, batch)
+
     def prototypes(self, x: Tensor, keep: Tensor) -> Tensor:
-        # x: [B, L, D]; keep: [B, L] bool (modality present, real utterance) -> [B, n, D]
+        # x: [B, L, D] over the padded length; keep: [B, L] bool (present, real) -> [B, n, D]
         if self.proj_n is None:
             raise RuntimeError("this prompt generator reuses another's prototypes")
         if self.exclude_missing:
             x = x * keep.unsqueeze(-1).to(x.dtype)
         return self.proj_n(x.transpose(1, 2)).transpose(1, 2)
 
-    def forward(self, x: Tensor, keep: Tensor, prototypes: Tensor) -> Tensor:
-        # x: [B, L, D]; keep: [B, L]; prototypes: [B, n, D] -> prompt [B, L, P]
-        b = x.shape[0]
-        group = 1 if self.per_dialogue else min(self.pool_size or b, b)
-        full = b - b % group
-        parts = [(slice(0, full), group), (slice(full, b), b - full)]
-        mixed = torch.cat(
-            [self.mix(x[rows], keep[rows], prototypes[rows], g) for rows, g in parts if g]
-        )
+    def row_bias(self, keep: Tensor) -> Tensor | None:
+        """The released row mask [B, L] for `keep` over the padded length (None: fixed)."""
+        return None if self.exclude_missing else released_row_bias(keep, self.group(len(keep)))
+
+    def forward(self, x: Tensor, rows: Rows, prototypes: Tensor, row_bias: Tensor | None) -> Tensor:
+        # x: [R, D]; prototypes: [B, n, D]; row_bias: [R] or None -> prompt [R, P]
+        b = rows.batch
+        group = self.group(b)
+        if group == b:  # one pool: every row against every prototype of the batch
+            mixed = self.mix(x, prototypes.flatten(0, 1), row_bias)
+        else:
+            grid, bias = rows.grid(x), None if row_bias is None else rows.grid(row_bias)
+            full = b - b % group
+            parts = []
+            for sl, g in ((slice(0, full), group), (slice(full, b), b - full)):
+                if g:
+                    k = (sl.stop - sl.start) // g
+                    xs = grid[sl].reshape(k, -1, grid.shape[-1])  # [k, g*L, D]
+                    bs = None if bias is None else bias[sl].reshape(k, -1)
+                    bank = prototypes[sl].reshape(k, -1, prototypes.shape[-1])  # [k, g*n, D]
+                    parts.append(self.mix(xs, bank, bs).view_as(grid[sl]))
+            mixed = rows.rows(torch.cat(parts))
         return self.proj_d(mixed) + self.proj_prompt(x)
 
-    def mix(self, x: Tensor, keep: Tensor, prototypes: Tensor, group: int) -> Tensor:
-        """Each utterance's softmax-weighted cosine mix of the prototypes of its group of
-        `group` consecutive dialogues (1: its own dialogue; the released code: its batch)."""
-        b, length, d = x.shape
-        k, n = b // group, prototypes.shape[1]
-        xn = F.normalize(x, dim=-1).reshape(k, group * length, d)
-        bank = prototypes.reshape(k, group * n, d)
-        sim = xn @ F.normalize(bank, dim=-1).transpose(1, 2)  # [k, g*L, g*n]
-        if not self.exclude_missing:
-            # The released mask: one constant per row (so softmax ignores it, up to rounding),
-            # flattened in [L, g] order against rows in [g, L] order, within each group.
-            rows = keep.reshape(k, group, length).transpose(1, 2).reshape(k, group * length)
-            sim = sim + ((1 - rows.to(x.dtype)) * ROW_MASK).unsqueeze(-1)
-        return (sim.softmax(dim=-1) @ bank).view(b, length, d)
+    @staticmethod
+    def mix(x: Tensor, bank: Tensor, row_bias: Tensor | None) -> Tensor:
+        """Each row's softmax-weighted cosine mix of the prototypes of its pool.
+        x: [..., r, D]; bank: [..., g*n, D]; row_bias: [..., r] -> [..., r, D]"""
+        sim = F.normalize(x, dim=-1) @ F.normalize(bank, dim=-1).transpose(-1, -2)
+        if row_bias is not None:
+            sim = sim + row_bias.unsqueeze(-1).to(sim.dtype)
+        return sim.softmax(dim=-1) @ bank
+
+
+class UniformDropout(nn.Dropout):
+    """`nn.Dropout` whose mask, on a CPU, keeps an element where a uniform draw in [0, 1) is at
+    least p: the same Bernoulli(1 - p) mask and scaling, drawn about three times faster there
+    than by `bernoulli_`. Elsewhere (a GPU's fused dropout kernel), `nn.Dropout` itself."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu":
+            return super().forward(x)
+        noise = torch.rand(x.shape, device=x.device).ge_(self.p).div_(1 - self.p)
+        return x * noise.to(x.dtype)
 
 
 def _per_modality(make: Callable[[str], nn.Module]) -> nn.ModuleDict:
     return nn.ModuleDict({m: make(m) for m in MODALITIES})
 
 
+@dataclass
+class Encoded:
+    """The per-row encoders' outputs per modality, over one of three row sets: `padded` the
+    [B, pad_length, D] grid (the losses or the projector read padded rows), `window` the
+    batch's [B, L, D] grid, `rows` the packed rows after the encoders [R, D] (`Rows`)."""
+
+    where: str  # "padded", "window" or "rows"
+    proj: dict[str, Tensor]
+    shared: dict[str, Tensor]
+    private: dict[str, Tensor]
+    rec: dict[str, Tensor]
+    valid: Tensor  # [B, pad_length], [B, L] or [R] bool: a real utterance
+
+
 class ComPNet(nn.Module):
     """Shared/private encoders, two expert blocks with cross-modal prompting between them,
-    unimodal heads, a coordinator and a fusion head (see the module docstring)."""
+    unimodal heads, a coordinator and a fusion head (see the module docstring).
+
+    Batches may be shorter than the padded length (`pad_length`): positions past the batch's
+    length are padding, and the model adds them where they count: the prototype projector
+    (a Linear over the padded utterance axis) and, in training, the encoders' rows that the
+    released losses average over. In training the layers after the encoders run on the real
+    utterances alone (`pack_rows`); see `Rows`.
+    """
 
     def __init__(
         self,
@@ -242,13 +402,22 @@ class ComPNet(nn.Module):
         fix_private_copy: bool = True,
         drop_unused_parameters: bool = True,
         fix_fusion_zeroing: bool = True,
+        fix_loss_padding: bool = True,
         pool_size: int | None = None,
     ) -> None:
         super().__init__()
         d, p, c = hidden, prompt_dim, spec.num_classes
         self.hidden, self.prompt_dim, self.lbd = d, p, lbd
+        self.pad_length = spec.pad_length
         self.fix_private_copy = fix_private_copy
         self.fix_fusion_zeroing = fix_fusion_zeroing
+        self.fix_prototype_mask = fix_prototype_mask
+        self.fix_loss_padding = fix_loss_padding
+        # Index the rows that are computed (present inputs, real utterances): less arithmetic
+        # for a few gathers and host syncs per forward. None: on a CPU only, where arithmetic
+        # is the cost; these sizes leave a GPU mostly idle, waiting on kernel launches, so
+        # there the extra gathers and syncs would only add to a step.
+        self.pack_rows: bool | None = None
 
         self.in_proj = _per_modality(lambda m: nn.Linear(spec.widths[m], d))
         self.in_drop = nn.Dropout(dropout)
@@ -286,6 +455,10 @@ class ComPNet(nn.Module):
         self.fusion_proj = nn.Linear(3 * d, 3 * d)
         self.fusion_drop = nn.Dropout(dropout)
         self.fusion_head = nn.Linear(3 * d, c)
+        for parent in list(self.modules()):
+            for name, child in parent.named_children():
+                if type(child) is nn.Dropout:
+                    setattr(parent, name, UniformDropout(child.p))
         self.reset_coordinator_stats()
 
     # ---- coordinator statistics (diagnostics, not state) -------------------------------------
@@ -309,68 +482,140 @@ class ComPNet(nn.Module):
         # Loss-only ingredients (private features and branch, reconstructions) are computed in
         # training mode only: evaluation needs the predictions alone.
         train = self.training
+        length = batch.length
+        if length > self.pad_length:
+            raise ValueError(f"batch length {length} exceeds the padded length {self.pad_length}")
+        indexed = self.pack_rows if self.pack_rows is not None else batch.valid.device.type == "cpu"
         keep = batch.available & batch.valid.unsqueeze(-1)  # [B, L, 3]
-        masks = {m: keep[..., k] for k, m in enumerate(MODALITIES)}  # m -> [B, L]
-        proj, shared, private, rec = {}, {}, {}, {}
-        for m in MODALITIES:
-            x = batch.features[m] * masks[m].unsqueeze(-1).to(batch.features[m].dtype)
-            proj[m] = self.in_drop(self.in_proj[m](x))  # [B, L, D]
-            shared[m] = self.shared_enc[m](proj[m])
-            if train:
-                private[m] = self.private_enc[m](proj[m])
-                rec[m] = self.decoder[m](torch.cat([shared[m], private[m]], dim=-1))
-        extras: dict[str, Any] = {"shared": shared}
+        rows = Rows.of(batch.valid, keep, packed=train and indexed)
+        enc = self.encode(batch, keep, rows, stage, indexed)
+        shared = {m: self.to_rows(enc, enc.shared[m], rows) for m in MODALITIES}
+        extras: dict[str, Any] = {"shared": enc.shared, "valid": enc.valid}
         if train:
-            extras.update(proj=proj, rec=rec, private=private, private_heads={})
+            extras.update(proj=enc.proj, rec=enc.rec, private=enc.private, private_heads={})
 
         if stage == UNIMODAL:
             x, heads = {}, {}
             for m in MODALITIES:
                 if not train:
-                    x[m] = self.blocks(shared[m], m, masks[m])
-                    heads[m] = self.heads[m](x[m])
+                    x[m] = through(self.block2, through(self.block1, shared[m], m, rows), m, rows)
+                    heads[m] = rows.grid(self.heads[m](x[m]))
                     continue
                 # The shared stream and the private branch share the blocks and heads: one pass.
-                source = private[m] if self.fix_private_copy else private["a"]
-                both = self.blocks(torch.cat([shared[m], source]), m, masks[m].repeat(2, 1))
-                x[m] = both[: len(both) // 2]  # [B, L, D]
-                heads[m], extras["private_heads"][m] = self.heads[m](both).chunk(2)
-            joint = torch.cat([x[m].masked_fill(~masks[m].unsqueeze(-1), 0) for m in x], dim=-1)
+                source = self.to_rows(enc, enc.private[m if self.fix_private_copy else "a"], rows)
+                both, twice = torch.cat([shared[m], source]), rows.twice()
+                both = through(self.block2, through(self.block1, both, m, twice), m, twice)
+                x[m] = both[: len(both) // 2]  # [R, D]
+                own, private = self.heads[m](both).chunk(2)
+                heads[m], extras["private_heads"][m] = rows.grid(own), rows.grid(private)
+            joint = torch.cat([x[m].masked_fill(~rows.keep[m][:, None], 0) for m in x], dim=-1)
         else:
-            x, extras["prototypes"] = self.propagate(shared, masks)
-            heads = {m: self.heads[m](x[m]) for m in MODALITIES}
+            x, extras["prototypes"] = self.propagate(enc, shared, keep, rows)
+            heads = {m: rows.grid(self.heads[m](x[m])) for m in MODALITIES}
             if self.fix_fusion_zeroing:
-                x = {m: x[m].masked_fill(~masks[m].unsqueeze(-1), 0) for m in x}
+                x = {m: x[m].masked_fill(~rows.keep[m][:, None], 0) for m in x}
             weights = self.coordinator(torch.cat([x[m] for m in MODALITIES], -1)).softmax(-1)
-            joint = torch.cat([weights[..., k : k + 1] * x[m] for k, m in enumerate(x)], dim=-1)
-            extras["coordinator"] = weights  # [B, L, 3]
-            if not self.training:
-                self._record(weights.detach(), batch.valid)
-        hidden = joint + self.fusion_drop(F.relu(self.fusion_proj(joint)))  # [B, L, 3D]
-        return ModelOutput(fused=self.fusion_head(hidden), heads=heads, extras=extras)
+            joint = torch.cat([weights[:, k : k + 1] * x[m] for k, m in enumerate(x)], dim=-1)
+            extras["coordinator"] = rows.grid(weights)  # [B, L, 3]
+            if not train:
+                self._record(extras["coordinator"].detach(), batch.valid)
+        hidden = joint + self.fusion_drop(F.relu(self.fusion_proj(joint)))  # [R, 3D]
+        return ModelOutput(fused=rows.grid(self.fusion_head(hidden)), heads=heads, extras=extras)
 
-    def blocks(self, x: Tensor, m: str, keep: Tensor) -> Tensor:
-        return self.block2(self.block1(x, m, keep), m, keep)
+    def encode(self, batch: Batch, keep: Tensor, rows: Rows, stage: str, indexed: bool) -> Encoded:
+        """Input projections, shared/private encoders and decoders, row by row.
+
+        They run over the padded grid where the released losses read padded rows (with their
+        own dropout noise) or, in stage 2, where the projector reads them (training; evaluation
+        adds the padded rows' value, the same for all, in `projector_input`); else over the
+        rows after the encoders. A missing input is zero, so its projection is the bias:
+        `indexed`, only the present inputs are multiplied.
+        """
+        train, (b, n), pad = self.training, batch.valid.shape, self.pad_length
+        padded = train and (
+            not self.fix_loss_padding or (stage == MULTIMODAL and not self.fix_prototype_mask)
+        )
+        if padded:
+            where, valid = "padded", F.pad(batch.valid, (0, pad - n))  # [B, pad_length]
+        elif rows.index is None:
+            where, valid = "window", batch.valid  # [B, L]
+        else:
+            where, valid = "rows", rows.rows(batch.valid)  # [R]
+        proj, shared, private, rec = {}, {}, {}, {}
+        for k, m in enumerate(MODALITIES):
+            linear, x = self.in_proj[m], batch.features[m]
+            if indexed:
+                present = keep[..., k].flatten().nonzero().squeeze(1)  # positions in [B, L]
+                h = F.linear(x.flatten(0, 1).index_select(0, present), linear.weight)
+                if where == "padded":
+                    target = present // n * pad + present % n
+                elif where == "rows":
+                    target = batch.valid.flatten().cumsum(0).index_select(0, present) - 1
+                else:
+                    target = present
+                out = h.new_zeros(valid.numel(), h.shape[-1]).index_copy(0, target, h)
+                out = (out + linear.bias.to(h.dtype)).view(*valid.shape, -1)
+            else:
+                out = linear(x * keep[..., k : k + 1].to(x.dtype))  # [B, L, D]
+                if where == "padded" and n < pad:
+                    fill = linear.bias.to(out.dtype).expand(b, pad - n, -1)
+                    out = torch.cat([out, fill], dim=1)
+            proj[m] = self.in_drop(out)
+            if train:
+                shared[m], private[m] = twin_mlp(self.shared_enc[m], self.private_enc[m], proj[m])
+                rec[m] = self.decoder[m](torch.cat([shared[m], private[m]], dim=-1))
+            else:
+                shared[m] = self.shared_enc[m](proj[m])
+        return Encoded(where, proj, shared, private, rec, valid)
+
+    @staticmethod
+    def to_rows(enc: Encoded, value: Tensor, rows: Rows) -> Tensor:
+        """An encoder output at the rows after the encoders, [R, D]."""
+        if enc.where == "rows":
+            return value
+        return rows.rows(value[:, : rows.length])
+
+    def projector_input(self, enc: Encoded, m: str, rows: Rows) -> Tensor:
+        """Modality m's shared features over the padded grid [B, pad_length, D]."""
+        b, n, pad = rows.batch, rows.length, self.pad_length
+        value = enc.shared[m]
+        if enc.where == "padded":
+            return value
+        grid = rows.grid(value) if enc.where == "rows" else value  # [B, L, D]
+        if n == pad:
+            return grid
+        if self.fix_prototype_mask:  # zeroed where missing or padding anyway
+            return F.pad(grid, (0, 0, 0, pad - n))
+        # Evaluation: a padded row's input is 0, its projection the bias, all rows alike.
+        assert not self.training, "training reads padded rows from the padded grid"
+        filler = self.shared_enc[m](self.in_proj[m].bias.to(value.dtype))
+        return torch.cat([grid, filler.to(grid.dtype).expand(b, pad - n, -1)], dim=1)
 
     def propagate(
-        self, shared: dict[str, Tensor], masks: dict[str, Tensor]
+        self, enc: Encoded, shared: dict[str, Tensor], keep: Tensor, rows: Rows
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Prompts (layer 1), propagation step 1, prompts (layer 2), momentum, step 2."""
-        d, p = self.hidden, self.prompt_dim
-        protos = {m: self.prompt1[m].prototypes(shared[m], masks[m]) for m in MODALITIES}
-        prompt1 = {m: self.prompt1[m](shared[m], masks[m], protos[m]) for m in MODALITIES}
+        d, p, n = self.hidden, self.prompt_dim, rows.length
+        keep = F.pad(keep, (0, 0, 0, self.pad_length - n))  # [B, pad_length, 3]
+        protos, bias = {}, {}
+        for k, m in enumerate(MODALITIES):
+            gen = self.prompt1[m]
+            protos[m] = gen.prototypes(self.projector_input(enc, m, rows), keep[..., k])
+            full = gen.row_bias(keep[..., k])  # [B, pad_length] or None
+            bias[m] = None if full is None else rows.rows(full[:, :n])
+        prompt1 = {m: self.prompt1[m](shared[m], rows, protos[m], bias[m]) for m in MODALITIES}
         z, carried = {}, {}  # carried[(u, m)]: u's prompt as carried through m's stream
         for m, (u, w) in OTHERS.items():
             h = self.prop_in1[m](torch.cat([shared[m], prompt1[u], prompt1[w]], dim=-1))
-            h = self.prop_out1[m](self.block1(h, m, masks[m]))  # [B, L, D + 2P]
+            h = self.prop_out1[m](through(self.block1, h, m, rows))  # [R, D + 2P]
             z[m], carried[u, m], carried[w, m] = h.split([d, p, p], dim=-1)
-        prompt2 = {m: self.prompt2[m](z[m], masks[m], protos[m]) for m in MODALITIES}
+        prompt2 = {m: self.prompt2[m](z[m], rows, protos[m], bias[m]) for m in MODALITIES}
         x = {}
         for m, (u, w) in OTHERS.items():
             pu = self.lbd * carried[u, m] + (1 - self.lbd) * prompt2[u]
             pw = self.lbd * carried[w, m] + (1 - self.lbd) * prompt2[w]
             h = self.prop_in2[m](torch.cat([z[m], pu, pw], dim=-1))
-            x[m] = self.block2(h, m, masks[m])  # [B, L, D]
+            x[m] = through(self.block2, h, m, rows)  # [R, D]
         return x, protos
 
     def _record(self, weights: Tensor, valid: Tensor) -> None:
@@ -419,12 +664,16 @@ def reconstruction(
     return masked_mean(sq.mean(-1), valid) if fix_padding else sq.mean()
 
 
-def away_from_label(pred: Tensor, batch: Batch) -> Tensor:
+def away_from_label(pred: Tensor, batch: Batch, pad_length: int) -> Tensor:
     """The private "anti" term: classes, cross-entropy of 1 - logits; regression, MSE to
-    clip(1.5 N(0, 1), -3, 3) noise drawn per utterance."""
+    clip(1.5 N(0, 1), -3, 3) noise drawn per position of the padded [B, pad_length] grid (a
+    trimmed batch reads the same noise as the padded one)."""
     if not batch.labels.dtype.is_floating_point:
         return task_loss(1 - pred, batch)
-    noise = (1.5 * torch.randn_like(batch.labels)).clamp(-3, 3)
+    labels = batch.labels
+    noise = torch.randn(len(labels), pad_length, dtype=labels.dtype, device=labels.device)
+    noise = noise[:, : labels.shape[1]]
+    noise = (1.5 * noise).clamp(-3, 3)
     return masked_mean((pred.squeeze(-1) - noise) ** 2, batch.valid)
 
 
@@ -518,7 +767,9 @@ class ComP(Method):
         "mosei": {"epochs": 100, "stage_epoch": 50, "batch_size": 32, **_REAL},
     }
     stages = (UNIMODAL, MULTIMODAL)
-    fixed_length = True  # the prototype projector is a Linear over the padded utterance axis
+    # Batches come trimmed to their longest dialogue; the model pads where the prototype
+    # projector (a Linear over the padded utterance axis) and the released losses need it.
+    fixed_length = False
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
@@ -553,6 +804,7 @@ class ComP(Method):
             fix_private_copy=hp["fix_private_copy"],
             drop_unused_parameters=hp["drop_unused_parameters"],
             fix_fusion_zeroing=hp["fix_fusion_zeroing"],
+            fix_loss_padding=hp["fix_loss_padding"],
             pool_size=hp["batch_size"],
         )
 
@@ -563,16 +815,18 @@ class ComP(Method):
         )
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
+        assert isinstance(model, ComPNet)
         ex, fix_padding = out.extras, self.hp["fix_loss_padding"]
-        total = disentangling(ex["shared"], ex["private"], batch.valid, fix_padding)
+        total = disentangling(ex["shared"], ex["private"], ex["valid"], fix_padding)
         if stage == UNIMODAL:
             for m in MODALITIES:
                 total = total + task_loss(out.heads[m], batch)
-                total = total + away_from_label(ex["private_heads"][m], batch)
+                private = ex["private_heads"][m]
+                total = total + away_from_label(private, batch, model.pad_length)
             return total
         unimodal = sum(task_loss(out.heads[m], batch) for m in MODALITIES)
         times = 1 if self.hp["fix_loss_double_count"] else 2
-        total = total + reconstruction(ex["proj"], ex["rec"], batch.valid, fix_padding)
+        total = total + reconstruction(ex["proj"], ex["rec"], ex["valid"], fix_padding)
         return total + task_loss(out.fused, batch) + times * unimodal
 
     def after_backward(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> None:
@@ -589,7 +843,9 @@ class ComP(Method):
         for k, m in enumerate(MODALITIES):
             param = targets.get(m)
             if param is not None and param.grad is not None:
-                param.grad.mul_(weights[k].to(param.grad.dtype))  # columns: positions
+                # Columns: positions; those past the batch's length hold no utterance (1).
+                column = F.pad(weights[k], (0, param.shape[1] - len(weights[k])), value=1.0)
+                param.grad.mul_(column.to(param.grad.dtype))
 
     # ---- the stage-switch reload --------------------------------------------------------------
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from imerbench.methods.comp import (
     FIXES,
     ComP,
     ComPNet,
+    UniformDropout,
     convert_released_state_dict,
     modulator_targets,
     released_name,
@@ -150,6 +152,105 @@ def test_ablation_grid_switches_each_fix_off_in_turn() -> None:
     assert sorted(k for o in switched for k in o) == sorted(FIXES)
     assert all(list(o.values()) == [False] for o in switched)
     assert grid.datasets == ["synthetic"]
+
+
+# ---- padding: trimmed batches and packed rows --------------------------------------------------
+# (variant, task, overrides): the pooled prototypes in several pools (batch_size 3 < 7
+# dialogues) and in one; the fixes whose absence makes the model read padded rows.
+PADDING_CASES = {
+    "comp-ref, regression, pools of 3": ("comp-ref", "regression", {"batch_size": 3}),
+    "comp-ref, classes, one pool": ("comp-ref", "classification", {"batch_size": 16}),
+    "comp": ("comp", "classification", {}),
+    "comp, padded losses": ("comp", "regression", {"fix_loss_padding": False}),
+    "comp, released prototype mask": (
+        "comp",
+        "classification",
+        {"fix_prototype_mask": False, "per_dialogue_prototypes": False, "batch_size": 3},
+    ),
+}
+
+
+def full_and_trimmed(task: str) -> tuple[DataSpec, Batch, Batch]:
+    """The 7 shortest of 12 dialogues, padded to the corpus's padded length and trimmed."""
+    corpus = tiny_corpus(task, num_dialogues=12)
+    data = SplitData(corpus, np.arange(12), "cpu", pad_to=corpus.pad_length)
+    data.set_mask(np.random.default_rng(5).random((data.num_utterances, 3)) < 0.6)
+    order = data.by_length()[:7]
+    full = next(iter(data.batches(7, order, fixed_length=True)))
+    trimmed = next(iter(data.batches(7, order, fixed_length=False)))
+    assert full.length == corpus.pad_length and trimmed.length < full.length - 2
+    assert trimmed.valid.sum() < trimmed.valid.numel()  # padding left in the trimmed batch
+    return data_spec(corpus), full, trimmed
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("stage", ComP.stages)
+@pytest.mark.parametrize("case", PADDING_CASES)
+def test_trimmed_batch_computes_what_the_full_padded_batch_computes(
+    case: str, stage: str, training: bool
+) -> None:
+    """Reference: the whole batch padded to the padded length, every row computed. Against it,
+    the trimmed batch (the harness's) with the rows packed in training: the same predictions
+    (evaluation: at every position of the trimmed batch), losses and gradients."""
+    name, task, overrides = PADDING_CASES[case]
+    spec, full, trimmed = full_and_trimmed(task)
+    dropout = 0.0 if training else 0.5  # training: the two draw different numbers of masks
+    results = []
+    for batch, pack in ((full, False), (trimmed, None)):  # None: packed on a CPU
+        method, model = build(name, spec, dropout=dropout, **overrides)
+        model.pack_rows = pack
+        model.train(training)
+        out = model(batch, stage)
+        loss, grads = torch.zeros(()), {}
+        if training:  # the loss needs the training-only ingredients
+            loss = method.loss(model, out, batch, stage)
+            loss.backward()
+            method.after_backward(model, out, batch, stage)
+            grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+            assert grads
+        results.append((out, loss.detach(), grads))
+    (ref, ref_loss, ref_grads), (out, loss, grads) = results
+    n, valid = trimmed.length, trimmed.valid
+    outputs = {"fused": (ref.fused, out.fused), **{m: (ref.heads[m], out.heads[m]) for m in "atv"}}
+    for key, (expected, got) in outputs.items():
+        assert got.shape == (*valid.shape, spec.num_classes), key
+        where = valid if training else slice(None)  # training: real utterances only
+        torch.testing.assert_close(got[where], expected[:, :n][where], rtol=0, atol=1e-6)
+        if training:  # packed: nothing computed at padding
+            assert torch.all(got[~valid] == 0) and torch.any(expected[:, :n][~valid] != 0), key
+    if stage == "multimodal":
+        for m in "atv":
+            torch.testing.assert_close(
+                out.extras["prototypes"][m], ref.extras["prototypes"][m], rtol=0, atol=1e-6
+            )
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6, atol=1e-6)
+    assert grads.keys() == ref_grads.keys()
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, ref_grads[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_a_batch_longer_than_the_padded_length_is_refused() -> None:
+    spec, full, _ = full_and_trimmed("classification")
+    _, model = build("comp", replace(spec, pad_length=full.length - 1))
+    with pytest.raises(ValueError, match="exceeds the padded length"):
+        model(full, "multimodal")
+
+
+def test_dropout_masks_are_bernoulli_and_scaled() -> None:
+    """`UniformDropout` (every dropout of the model): P(drop) = p, kept values scaled by
+    1 / (1 - p), the identity in evaluation."""
+    spec = DataSpec("classification", 3, {"a": 4, "t": 5, "v": 3}, 6, 2)
+    _, model = build("comp-ref", spec, hidden=8, dropout=0.3)
+    drops = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(isinstance(m, UniformDropout) for m in drops)
+    layer = UniformDropout(0.3)
+    x = torch.full((200_000,), 2.0)
+    torch.manual_seed(1)
+    y = layer(x)
+    dropped = float((y == 0).float().mean())
+    assert abs(dropped - 0.3) < 0.005  # 5 standard errors
+    torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 2.0 / 0.7))
+    assert torch.equal(layer.eval()(x), x)
 
 
 # ---- batch independence and the prototypes -----------------------------------------------------

@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,14 @@ def _injected_write_error(path: Path) -> OSError | None:
     return OSError(code, os.strerror(code), str(path))
 
 
+@cache
+def _new_file_mode() -> int:
+    """The mode `open` gives a new file under this process's umask (mkstemp's is 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file so that readers see the old content or the new, never a torn one."""
     injected = _injected_write_error(path)
@@ -78,6 +87,8 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        if hasattr(os, "fchmod"):  # results are for sharing: the usual mode, not mkstemp's
+            os.fchmod(fd, _new_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
             if injected is not None:  # a full disk fails part-way through the data
                 fh.write(text[: len(text) // 2])

@@ -691,13 +691,19 @@ def run_grid(
         from imerbench.ray_executor import require_ray
 
         require_ray()  # before any work
+    new_folder = not options.out.exists()
     with writes_checked(options.out):
-        options.out.mkdir(parents=True, exist_ok=True)
-    resolve_device(options.device)  # fail before any work
-    todo, done = pending_cells(grid, options)
-    ws = Workspace(grid, options)
-    for dataset in grid.datasets:  # bad data fails here, once, before any training
-        ws.corpus(dataset)
+        options.out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails first
+    try:
+        resolve_device(options.device)  # fail before any work
+        todo, done = pending_cells(grid, options)
+        ws = Workspace(grid, options)
+        for dataset in grid.datasets:  # bad data fails here, once, before any training
+            ws.corpus(dataset)
+    except BaseException:
+        if new_folder and not any(options.out.iterdir()):
+            options.out.rmdir()  # a run that never started leaves no empty results folder
+        raise
     store = ResultStore(options.out)
     for cell in done:
         on_cell(CellReport(cell, "skipped"))

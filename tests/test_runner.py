@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -17,7 +18,13 @@ import torch
 from imerbench.grid import grid_from_dict
 from imerbench.method import Method
 from imerbench.registry import _REGISTRY, register_method
-from imerbench.results import COLUMNS, ResultStore, read_results
+from imerbench.results import (
+    COLUMNS,
+    ResultStore,
+    _new_file_mode,
+    atomic_write_text,
+    read_results,
+)
 from imerbench.runner import RunOptions, run_grid
 
 KEY = ["method", "dataset", "fold", "missing_rate", "seed", "selection", "condition", "output",
@@ -266,3 +273,17 @@ def test_nan_scores_read_back_as_numbers(tmp_path: Path) -> None:
     path.write_text(rows_to_csv([{"value": float("nan"), "mask": "0.3"}, {"value": 0.5}]))
     values = read_rows(path)["value"]
     assert values.dtype == float and values.isna().tolist() == [True, False]
+
+
+@pytest.mark.skipif(not hasattr(os, "fchmod"), reason="file modes are POSIX")
+def test_result_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
+    """Written through a private temporary file, results still get the usual mode."""
+    old = os.umask(0o027)
+    try:
+        _new_file_mode.cache_clear()
+        atomic_write_text(tmp_path / "results.csv", "a,b\n")
+        mode = stat.S_IMODE((tmp_path / "results.csv").stat().st_mode)
+    finally:
+        os.umask(old)
+        _new_file_mode.cache_clear()
+    assert mode == 0o640

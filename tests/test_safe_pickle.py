@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hostile_pickles import Open, System
 
 from imerbench.errors import ImerbenchError
 from imerbench.safe_pickle import load_label_pickle
@@ -110,27 +111,11 @@ def test_real_label_pickles_load_as_pickle_does(name: str) -> None:
 # What is refused, without running it
 
 
-class _System:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple:
-        return (os.system, (f"touch {self.target}",))
-
-
-class _Open:
-    def __init__(self, target: Path) -> None:
-        self.target = target
-
-    def __reduce__(self) -> tuple:
-        return (builtins.open, (str(self.target), "w"))
-
-
 @pytest.mark.parametrize(
     ("payload", "refused"),
     [
-        (_System, f"{os.system.__module__}.system"),
-        (_Open, f"{builtins.open.__module__}.open"),
+        (System, f"{os.system.__module__}.system"),
+        (Open, f"{builtins.open.__module__}.open"),
     ],
 )
 def test_code_in_a_pickle_is_refused_and_never_run(

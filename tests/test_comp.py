@@ -183,20 +183,22 @@ def full_and_trimmed(task: str) -> tuple[DataSpec, Batch, Batch]:
     return data_spec(corpus), full, trimmed
 
 
+@pytest.mark.parametrize("packed", [True, False], ids=["packed (CPU)", "dense (GPU)"])
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("stage", ComP.stages)
 @pytest.mark.parametrize("case", PADDING_CASES)
 def test_trimmed_batch_computes_what_the_full_padded_batch_computes(
-    case: str, stage: str, training: bool
+    case: str, stage: str, training: bool, packed: bool
 ) -> None:
     """Reference: the whole batch padded to the padded length, every row computed. Against it,
-    the trimmed batch (the harness's) with the rows packed in training: the same predictions
-    (evaluation: at every position of the trimmed batch), losses and gradients."""
+    the trimmed batch (the harness's), its rows packed in training (a CPU's default) or every
+    row of the trimmed batch computed (a GPU's): the same predictions (evaluation: at every
+    position of the trimmed batch), losses and gradients."""
     name, task, overrides = PADDING_CASES[case]
     spec, full, trimmed = full_and_trimmed(task)
     dropout = 0.0 if training else 0.5  # training: the two draw different numbers of masks
     results = []
-    for batch, pack in ((full, False), (trimmed, None)):  # None: packed on a CPU
+    for batch, pack in ((full, False), (trimmed, packed)):
         method, model = build(name, spec, dropout=dropout, **overrides)
         model.pack_rows = pack
         model.train(training)
@@ -216,7 +218,7 @@ def test_trimmed_batch_computes_what_the_full_padded_batch_computes(
         assert got.shape == (*valid.shape, spec.num_classes), key
         where = valid if training else slice(None)  # training: real utterances only
         torch.testing.assert_close(got[where], expected[:, :n][where], rtol=0, atol=1e-6)
-        if training:  # packed: nothing computed at padding
+        if training and packed:  # nothing computed at padding
             assert torch.all(got[~valid] == 0) and torch.any(expected[:, :n][~valid] != 0), key
     if stage == "multimodal":
         for m in "atv":

@@ -1,46 +1,74 @@
-"""Speed benchmark: one cell per method, then a grid one cell at a time vs concurrently.
+"""Speed benchmark: comp-ref vs the released ComP, one cell per method, a grid both ways.
 
 Builds a corpus with the shape of a real dataset (its label pickle from the published layout:
 dialogue counts and lengths, splits, labels) and random features at the real widths
 512/1024/1024, written in the GCNet layout, then times imerbench's own runner on it.
 
-    python benchmarks/speed.py --labels ../shared/data/gcnet-labels --shape mosi \\
-        --methods comp-ref,comp --epochs 20 --grid-cells 8 --jobs 4
+    python benchmarks/speed.py --labels ../shared/data/gcnet-labels --shape mosi,iemocap4 \\
+        --released /tmp/comp-released --methods comp-ref,comp --epochs 20 --grid-cells 8 --jobs 4
 
-Prints, per method: seconds per epoch, the whole cell, peak device memory; then for the
-grid: wall time and cells per hour in both modes, and the mean GPU utilization (sampled
-with nvidia-smi every 0.5 s) during each. On a CPU-only machine use few epochs and cells.
+Prints, per shape:
+- with `--released DIR` (a checkout of github.com/WenjueHE/2026-AAAI-ComP): seconds per epoch
+  of the released model and of comp-ref on the same batches (same widths, batch size, padded
+  length and masks), stage by stage, and the ratio. An epoch is the training split's batches
+  (forward, the released loss composed from its own loss classes, backward, its Adam step;
+  comp-ref: the harness's step) and one evaluation pass over the test split (the released
+  model's without autograd, which its script records); the two alternate, median of
+  `--repeats` epochs after one of warm-up;
+- per method, one cell alone: seconds per epoch, the cell's wall time and cells per hour, the
+  peak device memory and the mean GPU utilization;
+- a grid of `--grid-cells` cells of the first method, one cell at a time, then `--jobs`
+  concurrently: wall time, cells per hour, mean GPU utilization and peak memory of each.
+GPU utilization and memory are sampled with nvidia-smi every 0.5 s; on a CPU the memory is the
+resident memory of this process and its workers. On a CPU the defaults are a reduced run
+(2 epochs, 2 cells, 2 jobs, 3 repeats).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
 
-from imerbench.datasets import resolve_dataset
-from imerbench.grid import grid_from_dict
+from imerbench.batch import Batch, SplitData
+from imerbench.corpus import MODALITIES, without_validation
+from imerbench.datasets import load_dataset, resolve_dataset
+from imerbench.evaluation import predict
+from imerbench.grid import grid_from_dict, load_grid
+from imerbench.masks import draw_rate_mask
+from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
 from imerbench.runner import RunOptions, resolve_device, run_grid
 from imerbench.safe_pickle import load_label_pickle
+from imerbench.training import data_spec
 
 WIDTHS = {"a": 512, "t": 1024, "v": 1024}
 FOLDERS = {"a": "wav2vec-large-c-UTT", "t": "deberta-large-4-UTT", "v": "manet_UTT"}
+REDUCED = {"epochs": 2, "grid_cells": 2, "jobs": 2, "repeats": 3}  # a CPU's defaults
+FULL = {"epochs": 20, "grid_cells": 4, "jobs": 4, "repeats": 5}
 
 
 def build_layout(labels: Path, shape: str, root: Path) -> Path:
-    """The dataset folder: the real label pickle and one random .npy per utterance."""
+    """The dataset folder: the real label pickle and one random .npy per utterance (shapes
+    that share a folder, such as iemocap4 and iemocap6, share the files)."""
     info = resolve_dataset(shape)
     folder = root / info.folder
-    if (folder / ".complete").exists():
+    done = folder / f".complete-{info.label_file}"
+    if done.exists():
         return root
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(labels / info.label_file, folder / info.label_file)
@@ -51,115 +79,513 @@ def build_layout(labels: Path, shape: str, root: Path) -> Path:
         out = folder / "features" / FOLDERS[m]
         out.mkdir(parents=True, exist_ok=True)
         for u in utterances:
-            np.save(out / f"{u}.npy", gen.standard_normal(width).astype(np.float32))
-    (folder / ".complete").touch()
+            vector = gen.standard_normal(width).astype(np.float32)
+            if not (out / f"{u}.npy").exists():
+                np.save(out / f"{u}.npy", vector)
+    done.touch()
     return root
 
 
-class GpuSampler:
-    """Mean GPU utilization over a block, from nvidia-smi every 0.5 s (None without it)."""
+def process_tree_rss() -> float:
+    """Resident memory (MiB) of this process and its descendants, from /proc."""
 
-    def __init__(self) -> None:
-        self.samples: list[float] = []
+    def rss(pid: str) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            pass
+        return 0
+
+    def children(pid: str) -> list[str]:
+        found = []
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                found += (task / "children").read_text().split()
+            except OSError:
+                continue
+        return found
+
+    total, todo = 0, [str(os.getpid())]
+    while todo:
+        pid = todo.pop()
+        total += rss(pid)
+        todo += children(pid)
+    return total / 1024
+
+
+class Sampler:
+    """Mean GPU utilization and peak memory over a block, sampled every 0.5 s: nvidia-smi's
+    utilization and used memory on CUDA, the resident memory of this process tree on a CPU."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.index = device.index or 0
+        self.utilization: list[float] = []
+        self.memory: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample_gpu(self) -> None:
+        query = "--query-gpu=utilization.gpu,memory.used"
+        out = subprocess.run(
+            ["nvidia-smi", query, "--format=csv,noheader,nounits", f"--id={self.index}"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout
+        util, used = out.strip().split(",")[:2]
+        self.utilization.append(float(util))
+        self.memory.append(float(used))
 
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                out = subprocess.run(
-                    ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
-                    capture_output=True,
-                    text=True,
-                    timeout=5,
-                    check=True,
-                ).stdout
-                self.samples.append(float(out.split()[0]))
+                if self.cuda:
+                    self._sample_gpu()
+                else:
+                    self.memory.append(process_tree_rss())
             except (OSError, subprocess.SubprocessError, ValueError, IndexError):
                 return
             self._stop.wait(0.5)
 
-    def __enter__(self) -> GpuSampler:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=2)
+        self._thread.join(timeout=5)
 
-    @property
-    def mean(self) -> float | None:
-        return float(np.mean(self.samples)) if self.samples else None
+    def describe(self) -> str:
+        parts = []
+        if self.utilization:
+            parts.append(f"mean GPU utilization {np.mean(self.utilization):.0f}%")
+        if self.memory:
+            what = "peak GPU memory (nvidia-smi)" if self.cuda else "peak resident memory"
+            parts.append(f"{what} {max(self.memory):.0f} MiB")
+        return ", ".join(parts)
 
 
-def run(grid_raw: dict, out: Path, device: str, jobs: int) -> tuple[float, float | None]:
+def plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
+
+
+def run(grid_raw: dict, out: Path, device: torch.device, jobs: int) -> tuple[float, Sampler]:
     grid = grid_from_dict(grid_raw, "speed benchmark")
     start = time.perf_counter()
-    with GpuSampler() as gpu:
-        run_grid(grid, RunOptions(out=out, device=device, jobs=jobs, save_weights=False))
-    return time.perf_counter() - start, gpu.mean
+    with Sampler(device) as sampler:
+        run_grid(grid, RunOptions(out=out, device=str(device), jobs=jobs, save_weights=False))
+    return time.perf_counter() - start, sampler
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--labels", type=Path, default=Path("../shared/data/gcnet-labels"))
-    parser.add_argument("--shape", default="mosi", help="mosi, iemocap4 or iemocap6")
-    parser.add_argument("--methods", default="comp-ref")
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--missing-rate", default="0.7")
-    parser.add_argument("--grid-cells", type=int, default=4, help="cells in the grid test")
-    parser.add_argument("--jobs", type=int, default=4, help="concurrent cells in the grid test")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--work", type=Path, default=None, help="scratch folder")
-    args = parser.parse_args()
+# ---- the released model, timed on the same batches ---------------------------------------------
+def import_released(root: Path) -> tuple[type[nn.Module], Any]:
+    """The released `ComP` class and its loss module, imported from a checkout."""
+    code = root / "ComP"
+    if not (code / "model.py").exists():
+        raise SystemExit(f"--released {root}: no ComP/model.py there (a checkout of the code?)")
+    sys.path.insert(0, str(code))
+    import loss  # type: ignore[import-not-found]
+    from model import ComP  # type: ignore[import-not-found]
 
-    device = resolve_device(args.device)
-    work = args.work or Path(tempfile.mkdtemp(prefix="imerbench-speed-"))
-    root = build_layout(args.labels, args.shape, work / "data")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return ComP, loss
+
+
+def released_layout(batch: Batch) -> tuple[Tensor, Tensor, Tensor]:
+    """Features [L, B, sum d], availability [L, B, 3] and umask [B, L], as the released
+    training script hands them to the model."""
+    feats = torch.cat([batch.features[m] for m in MODALITIES], dim=-1).transpose(0, 1)
+    return feats, batch.available.long().transpose(0, 1).contiguous(), batch.valid.float()
+
+
+class ReleasedRunner:
+    """The released model's training step: forward, the loss its training script adds up
+    (from its own loss classes; not the per-element Python loops, nor the gradient modulator,
+    whose name filter matches no parameter), backward, its Adam step. Evaluation: a forward
+    pass without autograd."""
+
+    def __init__(self, root: Path, hp: dict[str, Any], spec: Any, device: torch.device) -> None:
+        model_class, losses = import_released(root)
+        args = SimpleNamespace(device=device, drop_rate=hp["dropout"], seq_len=spec.pad_length)
+        torch.manual_seed(0)
+        self.model = model_class(
+            args,
+            *(spec.widths[m] for m in MODALITIES),
+            hp["hidden"],
+            n_classes=spec.num_classes,
+            depth=hp["depth"],
+            num_heads=hp["heads"],
+            drop_rate=hp["dropout"],
+            lbd=hp["lbd"],
+        ).to(device)
+        self.optimizer = torch.optim.Adam(
+            [{"params": self.model.parameters(), "lr": hp["lr"], "weight_decay": hp["l2"]}]
+        )
+        self.hidden, self.classes = hp["hidden"], spec.num_classes
+        self.regression = spec.task == "regression"
+        self.task = losses.MaskedMSELoss() if self.regression else losses.MaskedCELoss()
+        self.disentangled = losses.DisentangledLoss()
+
+    def loss(self, res: tuple, batch: Batch, umask: Tensor, first: bool) -> Tensor:
+        _, out, out_a, out_t, out_v, _, proj, rec, shared, private, private_out = res
+        d, c = self.hidden, self.classes
+        labels = batch.labels.reshape(-1)
+
+        def task(pred: Tensor, target: Tensor = labels) -> Tensor:
+            return self.task(pred.reshape(-1, c), target, umask)
+
+        pv = [private[..., i * d : (i + 1) * d] for i in range(3)]
+        sv = [shared[..., i * d : (i + 1) * d] for i in range(3)]
+        total = sum(
+            self.disentangled.foward_2(pv[i], pv[j], sv[i], sv[j], umask)
+            for i in range(3)
+            for j in range(i + 1, 3)
+        )
+        heads = (out_a, out_t, out_v)
+        if first:
+            noise = (1.5 * torch.randn_like(labels)).clamp(-3, 3) if self.regression else None
+            for i, head in enumerate(heads):
+                away = private_out[..., i * c : (i + 1) * c]
+                anti = task(1 - away) if noise is None else task(away, noise)
+                total = total + task(head) + anti
+            return total
+        unimodal = sum(task(h) for h in heads)
+        rec_loss = nn.MSELoss()(rec, proj)
+        return total + task(out) + unimodal + rec_loss + unimodal
+
+    def step(self, batch: Batch, first: bool) -> None:
+        feats, mask, umask = released_layout(batch)
+        self.model.train()
+        res = self.model(feats, batch.labels, mask, umask, first_stage=first)
+        loss = self.loss(res, batch, umask, first)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+
+    @torch.no_grad()
+    def evaluate(self, batch: Batch, first: bool) -> None:
+        feats, mask, umask = released_layout(batch)
+        self.model.eval()
+        self.model(feats, batch.labels, mask, umask, first_stage=first)
+
+
+def compare_with_released(
+    root: Path,
+    shape: str,
+    released: Path,
+    device: torch.device,
+    rate: float,
+    repeats: int,
+    most: int | None = None,
+) -> None:
+    """Seconds per epoch of the released model and of comp-ref on the same batches (the first
+    `most` training batches of the epoch where given)."""
+    info = resolve_dataset(shape)
+    corpus = load_dataset(shape, root)
+    method = create_method("comp-ref", info.profile)
+    hp = method.hp
+    fold = corpus.fold(0)
+    if info.paper_merges_val:
+        fold = without_validation(fold)
+    spec, size, gen = data_spec(corpus), hp["batch_size"], np.random.default_rng(0)
+    ours, padded = {}, {}  # the harness's batches; the released script's (fixed length)
+    for split in ("train", "test"):
+        dialogues = fold.get(split)
+        mask = draw_rate_mask(len(corpus.utterances(dialogues)), rate, gen)
+        ours[split] = SplitData(corpus, dialogues, device)
+        padded[split] = SplitData(corpus, dialogues, device, pad_to=corpus.pad_length)
+        ours[split].set_mask(mask)
+        padded[split].set_mask(mask)
+    order = gen.permutation(ours["train"].num_dialogues)
+    train_batches = list(ours["train"].batches(size, order, method.fixed_length))[:most]
+    released_train = list(padded["train"].batches(size, order, fixed_length=True))[:most]
+    released_test = list(padded["test"].batches(size, None, fixed_length=True))
+
+    torch.manual_seed(0)
+    model = method.build(spec).to(device)
+    optimizer = method.configure_optimizer(model)
+    reference = ReleasedRunner(released, hp | {"l2": hp["weight_decay"]}, spec, device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    def our_epoch(stage: str) -> tuple[float, float]:
+        sync()
+        start = time.perf_counter()
+        model.train()
+        for batch in train_batches:
+            out = model(batch, stage)
+            loss = method.loss(model, out, batch, stage)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            method.after_backward(model, out, batch, stage)
+            optimizer.step()
+        sync()
+        middle = time.perf_counter()
+        predict(model, method, ours["test"], stage)
+        sync()
+        return middle - start, time.perf_counter() - middle
+
+    def released_epoch(stage: str) -> tuple[float, float]:
+        first = stage == method.stages[0]
+        sync()
+        start = time.perf_counter()
+        for batch in released_train:
+            reference.step(batch, first)
+        sync()
+        middle = time.perf_counter()
+        for batch in released_test:
+            reference.evaluate(batch, first)
+        sync()
+        return middle - start, time.perf_counter() - middle
+
+    times: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for stage in method.stages:  # warm-up
+        released_epoch(stage)
+        our_epoch(stage)
+    for r in range(repeats):
+        for stage in method.stages:
+            pair = [("released", released_epoch), ("comp-ref", our_epoch)]
+            for who, epoch in pair if r % 2 == 0 else pair[::-1]:
+                times.setdefault((who, stage), []).append(epoch(stage))
+
+    def median(who: str, stage: str, part: int | None = None) -> float:
+        values = times[who, stage]
+        return statistics.median(sum(v) if part is None else v[part] for v in values)
+
+    rows = int(sum(batch.valid.sum() for batch in train_batches))
     print(
-        f"device {device} ({name}); shape {args.shape}; widths 512/1024/1024; "
-        f"MR {args.missing_rate}; {args.epochs} epochs per cell"
+        f"\nreleased ComP vs comp-ref ({shape}): an epoch = {len(train_batches)} training "
+        f"batches of {size} dialogues ({rows} utterances; the released model pads every batch "
+        f"to {corpus.pad_length}) + the test split; seconds, median of "
+        f"{plural(repeats, 'epoch')}, the two alternating"
     )
+    print(
+        "\n| stage | released train | released test | comp-ref train | comp-ref test "
+        "| released s/epoch | comp-ref s/epoch | speed-up |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for stage in method.stages:
+        parts = [median(who, stage, k) for who in ("released", "comp-ref") for k in (0, 1)]
+        theirs, mine = median("released", stage), median("comp-ref", stage)
+        shown = " | ".join(f"{v:.3f}" for v in (*parts, theirs, mine))
+        print(f"| {stage} | {shown} | {theirs / mine:.2f}x |")
+    theirs = sum(median("released", s) for s in method.stages)
+    mine = sum(median("comp-ref", s) for s in method.stages)
+    gap = " |" * 4
+    print(f"| one epoch of each stage |{gap} {theirs:.3f} | {mine:.3f} | {theirs / mine:.2f}x |")
+
+
+# ---- the harness: one cell, then a grid --------------------------------------------------------
+def time_cells(
+    root: Path, shape: str, methods: list[str], args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    """Times the cells and returns what `extrapolate` needs: seconds per epoch per method (a
+    cell alone, its compile and warm-up included) and the concurrent grid's speed-up."""
     base = {
-        "datasets": [args.shape],
+        "datasets": [shape],
         "data_root": str(root),
         "missing_rates": [args.missing_rate],
         "epochs": args.epochs,
         "folds": [0],
     }
-
-    print("\n| method | s/epoch | cell wall s | params | peak memory MiB |")
-    print("|---|---:|---:|---:|---:|")
-    for method in args.methods.split(","):
+    work = args.work / shape
+    print(f"\none cell alone ({shape}, {plural(args.epochs, 'epoch')}):")
+    print("\n| method | s/epoch | cell wall s | cells/hour | params | peak memory | GPU usage |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    device_name = f"{name}, {os.cpu_count()} CPUs"
+    record: dict[str, Any] = {"shape": shape, "device": device_name, "epoch_seconds": {}}
+    for method in methods:
         out = work / f"one-{method}"
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        wall, _ = run(base | {"methods": [method], "seeds": [0]}, out, str(device), 1)
+        wall, sampler = run(base | {"methods": [method], "seeds": [0]}, out, device, 1)
         rows = read_results(out)
         ok = rows[rows["status"] == "ok"]
         if ok.empty:
             print(f"| {method} | failed: {rows['error'].iloc[0]} |")
             continue
         seconds = float(ok["train_seconds"].iloc[0])
-        peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0
+        record["epoch_seconds"][method] = seconds / args.epochs
+        if device.type == "cuda":
+            peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
+        else:
+            peak = f"{max(sampler.memory, default=0):.0f} MiB resident"
+        usage = sampler.describe() if device.type == "cuda" else "- (a CPU)"
         print(
-            f"| {method} | {seconds / args.epochs:.3f} | {wall:.1f} | "
-            f"{int(ok['parameters'].iloc[0]):,} | {peak:.0f} |"
+            f"| {method} | {seconds / args.epochs:.3f} | {wall:.1f} | {3600 / wall:.0f} | "
+            f"{int(ok['parameters'].iloc[0]):,} | {peak} | {usage} |"
         )
-
-    method = args.methods.split(",")[0]
-    cells = base | {"methods": [method], "seeds": list(range(1, args.grid_cells + 1))}
-    serial, serial_gpu = run(cells, work / "grid-serial", str(device), 1)
-    parallel, parallel_gpu = run(cells, work / "grid-concurrent", str(device), args.jobs)
-    print(f"\ngrid of {args.grid_cells} {method} cells:")
-    for label, wall, gpu in (
-        ("one at a time", serial, serial_gpu),
-        (f"{args.jobs} concurrent", parallel, parallel_gpu),
+    if args.grid_cells < 1:
+        return record
+    method = methods[0]
+    cells = base | {
+        "methods": [method],
+        "seeds": list(range(1, args.grid_cells + 1)),
+        "epochs": args.grid_epochs,
+    }
+    serial = run(cells, work / "grid-serial", device, 1)
+    concurrent = run(cells, work / "grid-concurrent", device, args.jobs)
+    each = plural(args.grid_epochs, "epoch")
+    print(f"\ngrid of {args.grid_cells} {method} cells ({shape}, {each} each):")
+    for label, (wall, sampler) in (
+        ("one at a time", serial),
+        (f"{args.jobs} concurrent", concurrent),
     ):
-        util = f", mean GPU utilization {gpu:.0f}%" if gpu is not None else ""
-        print(f"  {label}: {wall:.1f} s, {args.grid_cells / wall * 3600:.0f} cells/hour{util}")
-    sys.stdout.flush()
+        usage = sampler.describe()
+        print(
+            f"  {label}: {wall:.1f} s, {args.grid_cells / wall * 3600:.0f} cells/hour"
+            + (f", {usage}" if usage else "")
+        )
+    print(f"  concurrent / one at a time: {serial[0] / concurrent[0]:.2f}x the cells per hour")
+    record["concurrency"] = {"jobs": args.jobs, "speedup": serial[0] / concurrent[0]}
+    return record
+
+
+# ---- the paper grid, extrapolated --------------------------------------------------------------
+# CMU-MOSEI's size (specs/data-and-protocol.md; its labels are not on this disk): its cells are
+# scaled from MOSI's by the larger of the ratios of videos (batches: a GPU step's cost barely
+# depends on its size here) and of utterances (arithmetic: a CPU's cost).
+MOSEI_VIDEOS, MOSEI_UTTERANCES = 3228, 22856
+MEASURED_AS = {"iemocap4": "iemocap4", "iemocap6": "iemocap4", "mosi": "mosi", "mosei": "mosi"}
+
+
+def corpus_size(labels: Path, shape: str) -> tuple[int, int]:
+    """Videos (dialogues) and utterances of a shape, from its label pickle."""
+    if shape == "mosei":
+        return MOSEI_VIDEOS, MOSEI_UTTERANCES
+    videos = load_label_pickle(labels / resolve_dataset(shape).label_file)[0]
+    return len(videos), sum(len(u) for u in videos.values())
+
+
+def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) -> None:
+    """The device time of a grid file's cells from measured seconds per epoch: each cell costs
+    its method's epochs (its dataset's profile) times the method's seconds per epoch on the
+    measured shape, divided by the concurrent grid's speed-up on that shape where it is one."""
+    measured: dict[str, dict[str, Any]] = {}  # shape -> its records merged
+    for record in records:
+        into = measured.setdefault(record["shape"], {"shape": record["shape"], "epoch_seconds": {}})
+        into["epoch_seconds"].update(record["epoch_seconds"])
+        if record.get("concurrency") or "concurrency" not in into:
+            into["concurrency"] = record.get("concurrency")
+    grid = load_grid(grid_path)
+    total, cells = 0.0, 0
+    missing: dict[str, set[str]] = {}  # shape -> methods left out
+    by_dataset: dict[str, float] = {}
+    scale_of: dict[str, float] = {}
+    for dataset in grid.datasets:
+        shape = MEASURED_AS.get(dataset)
+        if shape is None or shape not in measured:
+            missing.setdefault(f"{dataset} (its shape, {shape})", set()).add("every method")
+            continue
+        videos, utterances = corpus_size(labels, dataset)
+        base_videos, base_utterances = corpus_size(labels, shape)
+        scale_of[dataset] = max(videos / base_videos, utterances / base_utterances)
+    for cell in grid.cells():
+        if cell.dataset not in scale_of:
+            continue
+        record = measured[MEASURED_AS[cell.dataset]]
+        per_epoch = record["epoch_seconds"].get(cell.method.name)
+        if per_epoch is None:
+            missing.setdefault(record["shape"], set()).add(cell.method.name)
+            continue
+        profile = resolve_dataset(cell.dataset).profile
+        method = create_method(cell.method.name, profile, **dict(cell.method.overrides))
+        epochs = cell.epochs or method.hp["epochs"]
+        # The runner's better mode: concurrent cells where they gained, else one at a time.
+        speedup = max(1.0, (record["concurrency"] or {}).get("speedup", 1.0))
+        seconds = per_epoch * epochs * scale_of[cell.dataset] / speedup
+        by_dataset[cell.dataset] = by_dataset.get(cell.dataset, 0.0) + seconds
+        total, cells = total + seconds, cells + 1
+    devices = sorted({r["device"] for r in records})
+    print(f"\npaper grid ({grid_path}), extrapolated from {', '.join(devices)}:")
+    for dataset, seconds in by_dataset.items():
+        concurrency = measured[MEASURED_AS[dataset]]["concurrency"]
+        how = "one cell at a time"
+        if concurrency and concurrency["speedup"] > 1:
+            how = f"{concurrency['jobs']} concurrent: {concurrency['speedup']:.2f}x"
+        elif concurrency:
+            how += f" ({concurrency['jobs']} concurrent gave {concurrency['speedup']:.2f}x)"
+        print(
+            f"  {dataset}: {seconds / 3600:.2f} device-hours (measured on "
+            f"{MEASURED_AS[dataset]}, x{scale_of[dataset]:.2f} its size, {how})"
+        )
+    print(f"  {cells} cells: {total / 3600:.2f} device-hours in all")
+    for shape, names in sorted(missing.items()):
+        print(f"  left out, not measured on {shape}: {', '.join(sorted(names))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--labels", type=Path, default=Path("../shared/data/gcnet-labels"))
+    parser.add_argument("--shape", default="mosi", help="mosi, iemocap4, iemocap6 (a list)")
+    parser.add_argument(
+        "--methods", default="comp-ref", help="a list, 'all', or 'all-but:NAME,...'"
+    )
+    parser.add_argument("--epochs", type=int, default=None, help="per cell (CPU default 2)")
+    parser.add_argument("--grid-epochs", type=int, default=None, help="default: --epochs")
+    parser.add_argument("--missing-rate", default="0.7")
+    parser.add_argument("--grid-cells", type=int, default=None, help="cells in the grid; 0: none")
+    parser.add_argument("--jobs", type=int, default=None, help="concurrent cells in the grid")
+    parser.add_argument("--released", type=Path, default=None, help="a released ComP checkout")
+    parser.add_argument("--repeats", type=int, default=None, help="epochs timed per stage")
+    parser.add_argument(
+        "--train-batches", type=int, default=None, help="released comparison: batches per epoch"
+    )
+    parser.add_argument("--no-cells", action="store_true", help="the released comparison only")
+    parser.add_argument("--record", type=Path, default=None, help="append the cells' figures")
+    parser.add_argument(
+        "--extrapolate",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="only print the paper grid's device time from --record files",
+    )
+    paper = Path(__file__).parent / "grids" / "paper.toml"
+    parser.add_argument("--grid-file", type=Path, default=paper, help="for --extrapolate")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--work", type=Path, default=None, help="scratch folder")
+    args = parser.parse_args()
+    if args.extrapolate:
+        lines = [line for p in args.extrapolate for line in p.read_text().splitlines()]
+        extrapolate([json.loads(line) for line in lines if line], args.grid_file, args.labels)
+        return
+
+    device = resolve_device(args.device)
+    defaults = FULL if device.type == "cuda" else REDUCED
+    for key, value in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    args.grid_epochs = args.grid_epochs or args.epochs
+    args.work = args.work or Path(tempfile.mkdtemp(prefix="imerbench-speed-"))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    threads = torch.get_num_threads()
+    print(
+        f"device {device} ({name}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{threads} threads); widths 512/1024/1024; MR {args.missing_rate}"
+    )
+    methods = list_methods() if args.methods == "all" else args.methods.split(",")
+    if args.methods.startswith("all-but:"):
+        left_out = args.methods.removeprefix("all-but:").split(",")
+        methods = [m for m in list_methods() if m not in left_out]
+    for shape in args.shape.split(","):
+        root = build_layout(args.labels, shape, args.work / "data")
+        if args.released is not None:
+            rate = float(args.missing_rate)
+            compare_with_released(
+                root, shape, args.released, device, rate, args.repeats, args.train_batches
+            )
+        if not args.no_cells:
+            record = time_cells(root, shape, methods, args, device)
+            if args.record is not None:
+                with args.record.open("a") as file:
+                    file.write(json.dumps(record) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ Prints, per shape:
 GPU utilization and memory are sampled with nvidia-smi every 0.5 s; on a CPU the memory is the
 resident memory of this process and its workers. On a CPU the defaults are a reduced run
 (2 epochs, 2 cells, 2 jobs, 3 repeats).
+
+With `--record FILE` each measurement is appended to FILE as it is made; then
+
+    python benchmarks/speed.py --extrapolate FILE [FILE ...]
+
+prints the device-hours of the paper grid (`--grid-file`, default benchmarks/grids/paper.toml).
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import pickle
 import shutil
 import statistics
 import subprocess
@@ -62,16 +69,52 @@ REDUCED = {"epochs": 2, "grid_cells": 2, "jobs": 2, "repeats": 3}  # a CPU's def
 FULL = {"epochs": 20, "grid_cells": 4, "jobs": 4, "repeats": 5}
 
 
+# CMU-MOSEI's size (specs/data-and-protocol.md) and its usual split in utterances; its labels
+# are not on this disk, so `--shape mosei` draws a label pickle of that size (below).
+MOSEI_VIDEOS, MOSEI_UTTERANCES = 3228, 22856
+MOSEI_SPLIT = {"train": 16326, "val": 1871, "test": 4659}  # utterances
+
+
+def write_mosei_like(path: Path, seed: int = 0) -> None:
+    """A label pickle in the 7-item MOSI/MOSEI layout with MOSEI's numbers of videos and
+    utterances and its split sizes. The lengths are drawn (geometric, mean 7.1; the real
+    distribution is not known here), the labels uniform multiples of 1/3 in [-3, 3]."""
+    gen = np.random.default_rng(seed)
+    lengths = gen.geometric(MOSEI_VIDEOS / MOSEI_UTTERANCES, MOSEI_VIDEOS).clip(1, 150)
+    while (extra := int(lengths.sum()) - MOSEI_UTTERANCES) != 0:  # exactly MOSEI's total
+        pick = gen.integers(MOSEI_VIDEOS)
+        if (extra < 0 and lengths[pick] < 150) or (extra > 0 and lengths[pick] > 1):
+            lengths[pick] -= int(np.sign(extra))
+    ids, labels, speakers, sentences = {}, {}, {}, {}
+    splits: dict[str, set[str]] = {split: set() for split in MOSEI_SPLIT}
+    filled, bounds = 0, np.cumsum(list(MOSEI_SPLIT.values()))
+    for k, n in enumerate(lengths):
+        vid = f"mosei{k:04d}"
+        ids[vid] = [f"{vid}_{j}" for j in range(n)]
+        labels[vid] = [float(x) for x in gen.integers(-9, 10, n) / 3]
+        speakers[vid] = [""] * int(n)
+        sentences[vid] = np.array([f"utterance {j}" for j in range(n)])
+        splits[list(MOSEI_SPLIT)[int(np.searchsorted(bounds, filled, side="right"))]].add(vid)
+        filled += int(n)
+    items = [ids, labels, speakers, sentences, splits["train"], splits["val"], splits["test"]]
+    path.write_bytes(pickle.dumps(items, protocol=4))
+
+
 def build_layout(labels: Path, shape: str, root: Path) -> Path:
-    """The dataset folder: the real label pickle and one random .npy per utterance (shapes
-    that share a folder, such as iemocap4 and iemocap6, share the files)."""
+    """The dataset folder: the real label pickle (for MOSEI, one of its size: see
+    `write_mosei_like`) and one random .npy per utterance (shapes that share a folder, such as
+    iemocap4 and iemocap6, share the files)."""
     info = resolve_dataset(shape)
     folder = root / info.folder
     done = folder / f".complete-{info.label_file}"
     if done.exists():
         return root
     folder.mkdir(parents=True, exist_ok=True)
-    shutil.copy(labels / info.label_file, folder / info.label_file)
+    if info.id == "mosei" and not (labels / info.label_file).exists():
+        print(f"no {labels / info.label_file}: MOSEI-sized labels drawn instead")
+        write_mosei_like(folder / info.label_file)
+    else:
+        shutil.copy(labels / info.label_file, folder / info.label_file)
     items = load_label_pickle(folder / info.label_file)
     utterances = [u for vid in sorted(items[0]) for u in items[0][vid]]
     gen = np.random.default_rng(0)
@@ -381,10 +424,18 @@ def compare_with_released(
 
 
 # ---- the harness: one cell, then a grid --------------------------------------------------------
+def save_record(path: Path | None, record: dict[str, Any]) -> None:
+    """Appends one measurement for `extrapolate`, as soon as it is made (a run stopped by a
+    time limit keeps what it measured)."""
+    if path is not None:
+        with path.open("a") as file:
+            file.write(json.dumps(record) + "\n")
+
+
 def time_cells(
     root: Path, shape: str, methods: list[str], args: argparse.Namespace, device: torch.device
-) -> dict[str, Any]:
-    """Times the cells and returns what `extrapolate` needs: seconds per epoch per method (a
+) -> None:
+    """Times the cells and records what `extrapolate` needs: seconds per epoch per method (a
     cell alone, its compile and warm-up included) and the concurrent grid's speed-up."""
     base = {
         "datasets": [shape],
@@ -399,7 +450,7 @@ def time_cells(
     print("|---|---:|---:|---:|---:|---:|---|")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     device_name = f"{name}, {os.cpu_count()} CPUs"
-    record: dict[str, Any] = {"shape": shape, "device": device_name, "epoch_seconds": {}}
+    measured = {"shape": shape, "device": device_name}
     for method in methods:
         out = work / f"one-{method}"
         if device.type == "cuda":
@@ -411,7 +462,7 @@ def time_cells(
             print(f"| {method} | failed: {rows['error'].iloc[0]} |")
             continue
         seconds = float(ok["train_seconds"].iloc[0])
-        record["epoch_seconds"][method] = seconds / args.epochs
+        save_record(args.record, measured | {"epoch_seconds": {method: seconds / args.epochs}})
         if device.type == "cuda":
             peak = f"{torch.cuda.max_memory_allocated(device) / 2**20:.0f} MiB allocated"
         else:
@@ -422,8 +473,8 @@ def time_cells(
             f"{int(ok['parameters'].iloc[0]):,} | {peak} | {usage} |"
         )
     if args.grid_cells < 1:
-        return record
-    method = methods[0]
+        return
+    method = args.grid_method or methods[0]
     cells = base | {
         "methods": [method],
         "seeds": list(range(1, args.grid_cells + 1)),
@@ -443,81 +494,87 @@ def time_cells(
             + (f", {usage}" if usage else "")
         )
     print(f"  concurrent / one at a time: {serial[0] / concurrent[0]:.2f}x the cells per hour")
-    record["concurrency"] = {"jobs": args.jobs, "speedup": serial[0] / concurrent[0]}
-    return record
+    concurrency = {"jobs": args.jobs, "speedup": serial[0] / concurrent[0]}
+    save_record(args.record, measured | {"epoch_seconds": {}, "concurrency": concurrency})
 
 
 # ---- the paper grid, extrapolated --------------------------------------------------------------
-# CMU-MOSEI's size (specs/data-and-protocol.md; its labels are not on this disk): its cells are
-# scaled from MOSI's by the larger of the ratios of videos (batches: a GPU step's cost barely
-# depends on its size here) and of utterances (arithmetic: a CPU's cost).
-MOSEI_VIDEOS, MOSEI_UTTERANCES = 3228, 22856
-MEASURED_AS = {"iemocap4": "iemocap4", "iemocap6": "iemocap4", "mosi": "mosi", "mosei": "mosi"}
+# Each dataset's cells are timed on its own shape where it was measured, else on a smaller one,
+# scaled by the larger of the ratios of videos (batches: a GPU step's cost barely depends on
+# its size here) and of utterances (arithmetic: a CPU's cost).
+MEASURED_AS = {
+    "iemocap4": ("iemocap4", "iemocap6"),
+    "iemocap6": ("iemocap6", "iemocap4"),
+    "mosi": ("mosi",),
+    "mosei": ("mosei", "mosi"),
+}
 
 
 def corpus_size(labels: Path, shape: str) -> tuple[int, int]:
     """Videos (dialogues) and utterances of a shape, from its label pickle."""
-    if shape == "mosei":
+    if shape == "mosei" and not (labels / resolve_dataset(shape).label_file).exists():
         return MOSEI_VIDEOS, MOSEI_UTTERANCES
     videos = load_label_pickle(labels / resolve_dataset(shape).label_file)[0]
     return len(videos), sum(len(u) for u in videos.values())
 
 
-def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) -> None:
+def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) -> dict[str, float]:
     """The device time of a grid file's cells from measured seconds per epoch: each cell costs
     its method's epochs (its dataset's profile) times the method's seconds per epoch on the
-    measured shape, divided by the concurrent grid's speed-up on that shape where it is one."""
+    dataset's shape (else the first like it where the method was measured, scaled by the
+    size), divided by that shape's concurrent speed-up where concurrency gained. Prints them
+    and returns the seconds per dataset."""
     measured: dict[str, dict[str, Any]] = {}  # shape -> its records merged
     for record in records:
-        into = measured.setdefault(record["shape"], {"shape": record["shape"], "epoch_seconds": {}})
+        into = measured.setdefault(record["shape"], {"epoch_seconds": {}, "concurrency": None})
         into["epoch_seconds"].update(record["epoch_seconds"])
-        if record.get("concurrency") or "concurrency" not in into:
-            into["concurrency"] = record.get("concurrency")
-    grid = load_grid(grid_path)
-    total, cells = 0.0, 0
-    missing: dict[str, set[str]] = {}  # shape -> methods left out
+        into["concurrency"] = record.get("concurrency") or into["concurrency"]
+
+    def scale(dataset: str, shape: str) -> float:
+        (videos, utterances), (base_videos, base_utterances) = (
+            corpus_size(labels, dataset),
+            corpus_size(labels, shape),
+        )
+        return max(videos / base_videos, utterances / base_utterances)
+
     by_dataset: dict[str, float] = {}
-    scale_of: dict[str, float] = {}
-    for dataset in grid.datasets:
-        shape = MEASURED_AS.get(dataset)
-        if shape is None or shape not in measured:
-            missing.setdefault(f"{dataset} (its shape, {shape})", set()).add("every method")
+    cells = 0
+    used: dict[str, dict[str, set[str]]] = {}  # dataset -> shape -> methods timed on it
+    missing: dict[str, set[str]] = {}  # dataset -> methods measured on no shape like it
+    for cell in load_grid(grid_path).cells():
+        name = cell.method.name
+        shapes = [s for s in MEASURED_AS.get(cell.dataset, ()) if s in measured]
+        shapes = [s for s in shapes if name in measured[s]["epoch_seconds"]]
+        if not shapes:
+            missing.setdefault(cell.dataset, set()).add(name)
             continue
-        videos, utterances = corpus_size(labels, dataset)
-        base_videos, base_utterances = corpus_size(labels, shape)
-        scale_of[dataset] = max(videos / base_videos, utterances / base_utterances)
-    for cell in grid.cells():
-        if cell.dataset not in scale_of:
-            continue
-        record = measured[MEASURED_AS[cell.dataset]]
-        per_epoch = record["epoch_seconds"].get(cell.method.name)
-        if per_epoch is None:
-            missing.setdefault(record["shape"], set()).add(cell.method.name)
-            continue
+        shape = shapes[0]
         profile = resolve_dataset(cell.dataset).profile
-        method = create_method(cell.method.name, profile, **dict(cell.method.overrides))
+        method = create_method(name, profile, **dict(cell.method.overrides))
         epochs = cell.epochs or method.hp["epochs"]
         # The runner's better mode: concurrent cells where they gained, else one at a time.
-        speedup = max(1.0, (record["concurrency"] or {}).get("speedup", 1.0))
-        seconds = per_epoch * epochs * scale_of[cell.dataset] / speedup
-        by_dataset[cell.dataset] = by_dataset.get(cell.dataset, 0.0) + seconds
-        total, cells = total + seconds, cells + 1
+        speedup = max(1.0, (measured[shape]["concurrency"] or {}).get("speedup", 1.0))
+        per_epoch = measured[shape]["epoch_seconds"][name] * scale(cell.dataset, shape)
+        by_dataset[cell.dataset] = by_dataset.get(cell.dataset, 0.0) + per_epoch * epochs / speedup
+        used.setdefault(cell.dataset, {}).setdefault(shape, set()).add(name)
+        cells += 1
     devices = sorted({r["device"] for r in records})
     print(f"\npaper grid ({grid_path}), extrapolated from {', '.join(devices)}:")
     for dataset, seconds in by_dataset.items():
-        concurrency = measured[MEASURED_AS[dataset]]["concurrency"]
-        how = "one cell at a time"
-        if concurrency and concurrency["speedup"] > 1:
-            how = f"{concurrency['jobs']} concurrent: {concurrency['speedup']:.2f}x"
-        elif concurrency:
-            how += f" ({concurrency['jobs']} concurrent gave {concurrency['speedup']:.2f}x)"
-        print(
-            f"  {dataset}: {seconds / 3600:.2f} device-hours (measured on "
-            f"{MEASURED_AS[dataset]}, x{scale_of[dataset]:.2f} its size, {how})"
-        )
-    print(f"  {cells} cells: {total / 3600:.2f} device-hours in all")
-    for shape, names in sorted(missing.items()):
-        print(f"  left out, not measured on {shape}: {', '.join(sorted(names))}")
+        parts = []
+        for shape, names in used[dataset].items():
+            concurrency = measured[shape]["concurrency"]
+            how = "one at a time"
+            if concurrency and concurrency["speedup"] > 1:
+                how = f"{concurrency['jobs']} concurrent: {concurrency['speedup']:.2f}x"
+            size = "" if shape == dataset else f" x{scale(dataset, shape):.2f} its size,"
+            parts.append(f"{plural(len(names), 'method')} on {shape},{size} {how}")
+        print(f"  {dataset}: {seconds / 3600:.2f} device-hours ({'; '.join(parts)})")
+    total = sum(by_dataset.values())
+    print(f"  {plural(cells, 'cell')}: {total / 3600:.2f} device-hours in all")
+    for dataset, names in sorted(missing.items()):
+        print(f"  left out, no shape like {dataset} measured: {', '.join(sorted(names))}")
+    return by_dataset
 
 
 def main() -> None:
@@ -532,6 +589,7 @@ def main() -> None:
     parser.add_argument("--missing-rate", default="0.7")
     parser.add_argument("--grid-cells", type=int, default=None, help="cells in the grid; 0: none")
     parser.add_argument("--jobs", type=int, default=None, help="concurrent cells in the grid")
+    parser.add_argument("--grid-method", default=None, help="the grid's method (default: first)")
     parser.add_argument("--released", type=Path, default=None, help="a released ComP checkout")
     parser.add_argument("--repeats", type=int, default=None, help="epochs timed per stage")
     parser.add_argument(
@@ -581,10 +639,7 @@ def main() -> None:
                 root, shape, args.released, device, rate, args.repeats, args.train_batches
             )
         if not args.no_cells:
-            record = time_cells(root, shape, methods, args, device)
-            if args.record is not None:
-                with args.record.open("a") as file:
-                    file.write(json.dumps(record) + "\n")
+            time_cells(root, shape, methods, args, device)
         sys.stdout.flush()
 
 

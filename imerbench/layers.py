@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -50,15 +51,23 @@ class KeyMaskedAttention(nn.Module):
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         # x: [B, L, D]; key_mask: [B, L] bool
         b, n, d = x.shape
+        q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(x))
+        out = self.attend(q, k, v, key_mask)  # [B, L, D]
+        return out + self.mlp(out)
 
-        def split(t: Tensor) -> Tensor:  # [B, L, D] -> [B, H, L, D/H]
-            return t.view(b, n, self.heads, d // self.heads).transpose(1, 2)
+    def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The three projections of x [..., D] as one product (a wider matrix runs faster)."""
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
+        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        return q, k, v
 
-        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
+        """Heads [B, H, L, D/H] each, key_mask [B, L] bool -> [B, L, D]. A query with no
+        present key attends to every position (finite softmax and gradient), then is zeroed."""
+        b, h, n, dh = q.shape
         keys = key_mask[:, None, None, :]  # [B, 1, 1, L]
         has_key = keys.any(dim=-1, keepdim=True)  # [B, 1, 1, 1]
-        # A query with no present key attends to every position (finite softmax and
-        # gradient), then is zeroed.
         out = F.scaled_dot_product_attention(
             q,
             k,
@@ -67,8 +76,7 @@ class KeyMaskedAttention(nn.Module):
             dropout_p=self.attn_drop.p if self.training else 0.0,
             scale=self.scale,
         )  # [B, H, L, D/H]
-        out = (out * has_key).transpose(1, 2).reshape(b, n, d)  # [B, L, D]
-        return out + self.mlp(out)
+        return (out * has_key).transpose(1, 2).reshape(b, n, h * dh)
 
 
 class ExpertStack(nn.Module):

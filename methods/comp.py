@@ -214,25 +214,9 @@ class Rows:
 def attend(layer: KeyMaskedAttention, x: Tensor, rows: Rows, keys: Tensor) -> Tensor:
     """`KeyMaskedAttention` over rows [R, D]: the same arithmetic, queries where computed."""
     b, n, d, h = rows.batch, rows.length, x.shape[-1], layer.heads
-
-    def split(t: Tensor) -> Tensor:  # [R, D] -> [B, H, L, D/H]
-        return rows.grid(t).view(b, n, h, d // h).transpose(1, 2)
-
-    # One product for the three projections (a wider matrix runs faster than three).
-    weight = torch.cat([layer.q.weight, layer.k.weight, layer.v.weight])
-    bias = torch.cat([layer.q.bias, layer.k.bias, layer.v.bias])
-    q, k, v = (split(t) for t in F.linear(x, weight, bias).chunk(3, dim=-1))
-    mask = keys[:, None, None, :]  # [B, 1, 1, L]
-    has_key = mask.any(dim=-1, keepdim=True)  # [B, 1, 1, 1]
-    out = F.scaled_dot_product_attention(
-        q,
-        k,
-        v,
-        attn_mask=mask | ~has_key,
-        dropout_p=layer.attn_drop.p if layer.training else 0.0,
-        scale=layer.scale,
-    )  # [B, H, L, D/H]
-    out = rows.rows((out * has_key).transpose(1, 2).reshape(b, n, d))  # [R, D]
+    # [R, D] -> [B, H, L, D/H] each
+    q, k, v = (rows.grid(t).view(b, n, h, d // h).transpose(1, 2) for t in layer.qkv(x))
+    out = rows.rows(layer.attend(q, k, v, keys))  # [R, D]
     return out + layer.mlp(out)
 
 

@@ -311,6 +311,14 @@ def spoiled(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Tiny, list[
     return tiny, spoil(tiny)
 
 
+def _assert_refused(message: str, words: list[str], tiny: Tiny, cache: Path) -> None:
+    """The error names what is wrong, and the refused data left no cache and ran no code."""
+    for word in words:
+        assert word in message, (word, message)
+    assert _cache_files(cache) == []
+    assert not _pwned(tiny).exists(), "a label pickle ran code"
+
+
 def test_bad_data_is_one_line_and_leaves_no_cache(
     spoiled: tuple[Tiny, list[str]], _cache_in_tmp: Path
 ) -> None:
@@ -319,10 +327,7 @@ def test_bad_data_is_one_line_and_leaves_no_cache(
         read_gcnet(tiny.info, tiny.root, feature_names=None)
     message = str(info.value)
     assert "\n" not in message and "allow_pickle" not in message  # never advise unsafe loading
-    for word in words:
-        assert word in message, (word, message)
-    assert _cache_files(_cache_in_tmp) == []
-    assert not _pwned(tiny).exists(), "a label pickle ran code"
+    _assert_refused(message, words, tiny, _cache_in_tmp)
 
 
 def test_bad_data_fails_data_check_with_one_line(
@@ -333,10 +338,7 @@ def test_bad_data_fails_data_check_with_one_line(
 ) -> None:
     tiny, words = spoiled
     line = one_error_line(monkeypatch, capsys, "data", "check", str(tiny.root), code=1)
-    for word in words:
-        assert word in line, (word, line)
-    assert _cache_files(_cache_in_tmp) == []
-    assert not _pwned(tiny).exists(), "a label pickle ran code"
+    _assert_refused(line, words, tiny, _cache_in_tmp)
 
 
 def test_bad_data_stops_a_run_before_any_cell(
@@ -351,11 +353,8 @@ def test_bad_data_stops_a_run_before_any_cell(
     args = ["run", "--datasets", tiny.info.id, "--data-root", str(tiny.root)]
     args += ["--methods", "early-fusion", "--epochs", "1", "--jobs", "1", "--out", str(out)]
     line = one_error_line(monkeypatch, capsys, *args)
-    for word in words:
-        assert word in line, (word, line)
-    assert _cache_files(_cache_in_tmp) == []
+    _assert_refused(line, words, tiny, _cache_in_tmp)
     assert not out.exists(), "a failed run left a results folder behind"
-    assert not _pwned(tiny).exists(), "a label pickle ran code"
 
 
 def test_the_tiny_dataset_itself_is_clean(

@@ -239,18 +239,24 @@ def through(stack: ExpertStack, x: Tensor, m: str, rows: Rows) -> Tensor:
     return x
 
 
+def pools(batch: int, group: int) -> list[tuple[slice, int]]:
+    """The pools of a batch of `batch` dialogues, as (dialogues, pool size): pools of `group`
+    consecutive dialogues, the last one shorter where `group` does not divide `batch`."""
+    full = batch - batch % group
+    parts = ((slice(0, full), group), (slice(full, batch), batch - full))
+    return [(dialogues, size) for dialogues, size in parts if size]
+
+
 def released_row_bias(keep: Tensor, group: int) -> Tensor:
     """The released prototype-softmax row mask as the constant it adds to each row, [B, L]:
     -10000 where `keep` is False at the row's position in [L, g] order, read against rows in
     [g, L] order within each pool of `group` dialogues (the last pool may be shorter). A
     constant per row, so softmax ignores it up to rounding; it is kept for that rounding."""
     b, length = keep.shape
-    full = b - b % group
     parts = []
-    for rows, g in ((slice(0, full), group), (slice(full, b), b - full)):
-        if g:
-            part = keep[rows].reshape(-1, g, length).transpose(1, 2)
-            parts.append(part.reshape(-1, length))
+    for rows, g in pools(b, group):
+        part = keep[rows].reshape(-1, g, length).transpose(1, 2)
+        parts.append(part.reshape(-1, length))
     return (1 - torch.cat(parts).float()) * ROW_MASK
 
 
@@ -307,15 +313,13 @@ class PromptGenerator(nn.Module):
             mixed = self.mix(x, prototypes.flatten(0, 1), row_bias)
         else:
             grid, bias = rows.grid(x), None if row_bias is None else rows.grid(row_bias)
-            full = b - b % group
             parts = []
-            for sl, g in ((slice(0, full), group), (slice(full, b), b - full)):
-                if g:
-                    k = (sl.stop - sl.start) // g
-                    xs = grid[sl].reshape(k, -1, grid.shape[-1])  # [k, g*L, D]
-                    bs = None if bias is None else bias[sl].reshape(k, -1)
-                    bank = prototypes[sl].reshape(k, -1, prototypes.shape[-1])  # [k, g*n, D]
-                    parts.append(self.mix(xs, bank, bs).view_as(grid[sl]))
+            for sl, g in pools(b, group):
+                k = (sl.stop - sl.start) // g
+                xs = grid[sl].reshape(k, -1, grid.shape[-1])  # [k, g*L, D]
+                bs = None if bias is None else bias[sl].reshape(k, -1)
+                bank = prototypes[sl].reshape(k, -1, prototypes.shape[-1])  # [k, g*n, D]
+                parts.append(self.mix(xs, bank, bs).view_as(grid[sl]))
             mixed = rows.rows(torch.cat(parts))
         return self.proj_d(mixed) + self.proj_prompt(x)
 

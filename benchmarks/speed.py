@@ -59,7 +59,7 @@ from imerbench.grid import grid_from_dict, load_grid
 from imerbench.masks import draw_rate_mask
 from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
-from imerbench.runner import RunOptions, resolve_device, run_grid
+from imerbench.runner import RunOptions, describe_device, resolve_device, run_grid
 from imerbench.safe_pickle import load_label_pickle
 from imerbench.training import data_spec
 
@@ -448,9 +448,7 @@ def time_cells(
     print(f"\none cell alone ({shape}, {plural(args.epochs, 'epoch')}):")
     print("\n| method | s/epoch | cell wall s | cells/hour | params | peak memory | GPU usage |")
     print("|---|---:|---:|---:|---:|---:|---|")
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    device_name = f"{name}, {os.cpu_count()} CPUs"
-    measured = {"shape": shape, "device": device_name}
+    measured = {"shape": shape, "device": describe_device(device)}
     for method in methods:
         out = work / f"one-{method}"
         if device.type == "cuda":
@@ -621,11 +619,9 @@ def main() -> None:
             setattr(args, key, value)
     args.grid_epochs = args.grid_epochs or args.epochs
     args.work = args.work or Path(tempfile.mkdtemp(prefix="imerbench-speed-"))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    threads = torch.get_num_threads()
     print(
-        f"device {device} ({name}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-        f"{threads} threads); widths 512/1024/1024; MR {args.missing_rate}"
+        f"device {describe_device(device)}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
+        f"widths 512/1024/1024; MR {args.missing_rate}"
     )
     methods = list_methods() if args.methods == "all" else args.methods.split(",")
     if args.methods.startswith("all-but:"):

@@ -9,7 +9,7 @@ from imerbench.batch import Batch, SplitData
 from imerbench.corpus import MODALITIES, Corpus, Fold
 from imerbench.datasets import DATASETS, load_dataset, resolve_dataset
 from imerbench.errors import ImerbenchError
-from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.method import DataSpec, Method, MethodInfo, ModelOutput, Param, RunContext
 from imerbench.registry import create_method, list_methods, register_method
 
 __all__ = [
@@ -21,8 +21,10 @@ __all__ = [
     "Fold",
     "ImerbenchError",
     "Method",
+    "MethodInfo",
     "ModelOutput",
     "Param",
+    "RunContext",
     "SplitData",
     "__version__",
     "create_method",

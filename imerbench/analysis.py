@@ -1,6 +1,6 @@
 """The modality-imbalance analysis, computed from the tidy rows and nothing else.
 
-Definitions (DESIGN.md):
+Definitions (README, "The modality-imbalance analysis"):
 - forced-subset score: the model scored with every utterance showing exactly subset S;
 - modality gap of M at (MR, seed): best minus worst forced single-modality score;
 - unimodal ceiling of modality m for M: M trained with condition m (mask "m"), scored on m;
@@ -28,6 +28,18 @@ def is_rate(mask: object) -> bool:
     except ValueError:
         return False
     return True
+
+
+def ceiling_methods(df: pd.DataFrame) -> dict[str, str]:
+    """{label: modality} of the unimodal ceilings among the rows (their registered role)."""
+    ceilings = df[df["role"] == "ceiling"]
+    return dict(zip(ceilings["method"], ceilings["ceiling_of"], strict=True))
+
+
+def without_ceilings(frame: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """`frame`'s rows of multimodal methods: a ceiling's gap or under-optimization is one
+    modality's by construction, not imbalance."""
+    return frame[~frame["method"].isin(ceiling_methods(df))]
 
 
 def primary_rows(df: pd.DataFrame, selection: str = "val", output: str = "fused") -> pd.DataFrame:
@@ -82,12 +94,12 @@ def ceilings(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
         for r in mask_rows.itertuples()
         if r.mask in MODALITIES
     }
-    reference = {}
+    reference = {}  # (dataset, seed, m) -> (score, label) of a ceiling reference trained on m
+    modality_of = ceiling_methods(rows)
     for r in mask_rows.itertuples():
-        if r.method.startswith("unimodal-"):
-            m = r.method.removeprefix("unimodal-")
-            if r.mask == m or (is_rate(r.mask) and float(r.mask) == 0.0):
-                reference.setdefault((r.dataset, r.seed, m), r.value)
+        m = modality_of.get(r.method)
+        if m is not None and (r.mask == m or (is_rate(r.mask) and float(r.mask) == 0.0)):
+            reference.setdefault((r.dataset, r.seed, m), (r.value, r.method))
     out = []
     methods = sorted(set(rows["method"]))
     for (dataset, seed), _ in mask_rows.groupby(["dataset", "seed"]):
@@ -96,7 +108,7 @@ def ceilings(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
                 if (method, dataset, seed, m) in trained_on:
                     value, source = trained_on[(method, dataset, seed, m)], f"{method} on {m}"
                 elif (dataset, seed, m) in reference:
-                    value, source = reference[(dataset, seed, m)], f"unimodal-{m}"
+                    value, source = reference[(dataset, seed, m)]
                 else:
                     continue
                 out.append(

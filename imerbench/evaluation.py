@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from imerbench.batch import SplitData
 from imerbench.corpus import MODALITIES
-from imerbench.method import Method
+from imerbench.method import Method, evaluation_batching
 from imerbench.metrics import compute_metrics
 
 Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
@@ -30,8 +30,8 @@ def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> di
     """
     was_training = model.training
     model.eval()
-    size = method.evaluation_batch_size()
-    order = np.arange(data.num_dialogues) if method.batch_dependent else data.by_length()
+    size, in_split_order = evaluation_batching(method)
+    order = np.arange(data.num_dialogues) if in_split_order else data.by_length()
     preds: dict[str, Tensor] = {}
     batches = data.batches(size, order, fixed_length=method.fixed_length)
     for start, batch in zip(range(0, len(order), size), batches, strict=True):

@@ -22,12 +22,12 @@ import pandas as pd
 from imerbench.analysis import is_rate, primary_rows
 from imerbench.datasets import resolve_dataset
 from imerbench.metrics import METRICS
+from imerbench.registry import list_methods, method_info
 from imerbench.stats import holm, paired_t, summary
 
 ALPHA = 0.05
 FAILED_MARK = "‡"  # some runs behind this score failed
 # The ComP paper's names, and which of our rows they correspond to.
-PAPER_METHODS = {"ComP": "comp-ref", "GCNet": "gcnet", "MoMKE": "momke", "MMIN": "mmin"}
 PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
 
 
@@ -249,9 +249,14 @@ def paper_numbers(dataset: str, metric: str) -> dict[str, dict[float, float]]:
     table["dataset"] = table["dataset"].map(lambda d: resolve_dataset(d).id)
     table["metric"] = table["metric"].map(PAPER_METRICS)
     rows = table[(table["dataset"] == dataset) & (table["metric"] == metric)]
+    ours_of = {}  # published name -> our method id, from the registered `paper_name`s
+    for name in list_methods():
+        paper_name = method_info(name).paper_name
+        if paper_name:
+            ours_of[paper_name] = name
     out: dict[str, dict[float, float]] = {}
     for r in rows.itertuples():
-        ours = PAPER_METHODS.get(r.method)
+        ours = ours_of.get(r.method)
         label = f"{r.method} (published" + (f", = {ours}" if ours else "") + ")"
         if r.source != "rerun-by-paper-authors":
             label = label[:-1] + f"; {r.source})"

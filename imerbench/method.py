@@ -1,23 +1,31 @@
 """The method interface: what a method supplies to the one training loop.
 
-A method is a small class: declared hyper-parameters (with per-dataset profiles), a `build`
-that returns its `torch.nn.Module`, and optional hooks. The harness owns everything else:
-data, masks, the loop, evaluation, selection and results.
+A method is a small class: declared hyper-parameters (with per-dataset profiles), the model it
+builds, and optional hooks. The harness owns everything else: data, masks, the loop,
+evaluation, selection and results. A created method is configuration only: its
+hyper-parameters are frozen once validated, and what a run learns lives in the model or in the
+run's `RunContext`, never on the method.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import torch
 from torch import Tensor, nn
 
 from imerbench.batch import Batch
 from imerbench.corpus import Task
+from imerbench.datasets import DATASETS
 from imerbench.errors import ImerbenchError, did_you_mean
 from imerbench.losses import task_loss
+from imerbench.metrics import METRICS
+
+ROLES: tuple[str, ...] = ("method", "reference", "ceiling")
+EVAL_BATCH_DIALOGUES = 256  # dialogues per evaluation batch, unless predictions are grouped
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,69 @@ class Param:
         if self.high is not None and value > self.high:
             raise ImerbenchError(f"{method}: {name}={value!r} is above its maximum {self.high}")
         return value
+
+
+class HParams(dict[str, Any]):
+    """Validated hyper-parameters, read-only: a change is a new method (`Method.with_params`).
+
+    A dict, so that it serializes (JSON, pickle) exactly as the plain dict it replaced."""
+
+    def _frozen(self, *_: Any, **__: Any) -> NoReturn:
+        raise TypeError("hyper-parameters are frozen; use method.with_params(...) instead")
+
+    __setitem__ = __delitem__ = _frozen  # type: ignore[assignment]
+    clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]
+    __ior__ = _frozen  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (HParams, (dict(self),))
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What the harness and the analysis know of a registered method, declared where it
+    registers and written with every row (`role`, `ceiling_of`, `paper_name` columns)."""
+
+    name: str = ""
+    role: str = "method"  # method | reference (a floor to clear) | ceiling (one modality)
+    ceiling_of: str = ""  # the one modality a ceiling is trained and scored on
+    paper_name: str = ""  # the name published tables use (`imerbench table --paper`)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"method '{self.name}': role '{self.role}' is not one of {ROLES}")
+        if (self.role == "ceiling") != bool(self.ceiling_of):
+            raise ValueError(
+                f"method '{self.name}': a ceiling, and only a ceiling, names its ceiling_of"
+            )
+
+    def columns(self) -> dict[str, str]:
+        """The row columns (and cell.json entries) that carry this metadata."""
+        return {"role": self.role, "ceiling_of": self.ceiling_of, "paper_name": self.paper_name}
+
+
+@dataclass
+class RunContext:
+    """One run's facts and scratch space, handed to the hooks: what a hook learns during a run
+    (e.g. the best weights seen so far) is kept in `state`, which dies with the run."""
+
+    primary: str  # the metric selection uses
+    higher_is_better: bool
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def for_metric(cls, primary: str) -> RunContext:
+        return cls(primary, METRICS[primary].higher_is_better)
+
+    def better(self, value: float, than: float | None) -> bool:
+        """Whether `value` of the primary metric beats `than` (None: nothing yet; NaN never
+        beats anything)."""
+        if value != value:
+            return False
+        if than is None:
+            return True
+        return value > than if self.higher_is_better else value < than
 
 
 # Every method trains with these; a method may change defaults through its profiles.
@@ -86,32 +157,34 @@ class Method:
     - `params`: its own hyper-parameters (`TRAINING_PARAMS` are added automatically);
     - `profiles`: per dataset profile ("iemocap", "mosi", "mosei", "quick"), the values
       that differ from the defaults (the published settings, and a small quick profile);
+    - `model`: the model class; `build` passes it the hyper-parameters its constructor names
+      (override `build` for anything else);
     - `stages`: stage names in training order; with two stages, the `stage_epoch`
       hyper-parameter is the first epoch of the second one;
-    - `zero_fill`: True if the model relies on missing inputs being zero (it is then
-      always fed zero-filled input; otherwise it must ignore values at missing positions);
     - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
-    - `batch_dependent`: True if a prediction depends on the other dialogues of its batch
-      (e.g. prototypes pooled over the batch); evaluation then goes in split order at the
-      training batch size, as the published code does (a method whose model pools per group
-      of `batch_size` dialogues may override `evaluation_batch_size` with a multiple);
     - `needs_complete`: True if training needs what the mask hides (reconstruction targets,
       a full-modality teacher, a complete-data stage): training batches then carry
       `Batch.complete`; evaluation batches never do.
+
+    A model must ignore the values at missing positions (the contract test changes them);
+    batches hold zeros there, but nothing may rely on it.
     """
 
-    name: str = ""  # the registered id, set by `create_method`
     params: ClassVar[dict[str, Param]] = {}
     profiles: ClassVar[dict[str, dict[str, Any]]] = {}
+    model: ClassVar[Callable[..., nn.Module] | None] = None
     stages: ClassVar[tuple[str, ...]] = ("train",)
-    zero_fill: ClassVar[bool] = False
     fixed_length: ClassVar[bool] = False
-    batch_dependent: ClassVar[bool] = False
     needs_complete: ClassVar[bool] = False
-    eval_batch_size: ClassVar[int] = 256  # dialogues per evaluation batch
 
-    def __init__(self, **hparams: Any) -> None:
-        self.hp: dict[str, Any] = dict(hparams)
+    def __init__(self, info: MethodInfo | None = None, **hparams: Any) -> None:
+        self.info = info or MethodInfo(type(self).__name__.lower())
+        self.hp = HParams(hparams)
+
+    @property
+    def name(self) -> str:
+        """The registered id (seeds derive from it)."""
+        return self.info.name
 
     # ---- declared hyper-parameters --------------------------------------------------------
     @classmethod
@@ -125,32 +198,80 @@ class Method:
     @classmethod
     def resolve_hparams(
         cls, name: str, profile: str, overrides: Mapping[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> HParams:
         """Defaults, then the profile's values, then the user's overrides, all validated."""
-        declared = cls.all_params()
-        values = {k: p.default for k, p in declared.items()}
-        for source in (cls.profiles.get(profile, {}), overrides or {}):
-            for key, value in source.items():
-                if key not in declared:
-                    raise ImerbenchError(
-                        f"{name}: unknown hyper-parameter '{key}'"
-                        f"{did_you_mean(key, declared)}; declared: {', '.join(sorted(declared))}"
-                    )
-                values[key] = declared[key].validate(name, key, value)
-        if len(cls.stages) > 1 and not 0 <= values["stage_epoch"] < values["epochs"]:
+        known = known_profiles()
+        if profile not in known:
             raise ImerbenchError(
-                f"{name}: stage_epoch={values['stage_epoch']} must be below "
-                f"epochs={values['epochs']}"
+                f"{name}: unknown profile '{profile}'{did_you_mean(profile, known)}; "
+                f"valid: {', '.join(known)}"
             )
-        return values
+        values = {k: p.default for k, p in cls.all_params().items()}
+        values = cls._validated(name, values, cls.profiles.get(profile, {}), f"profile {profile}")
+        return cls._validated(name, values, overrides or {})
+
+    @classmethod
+    def _validated(
+        cls, name: str, values: Mapping[str, Any], changes: Mapping[str, Any], where: str = ""
+    ) -> HParams:
+        declared = cls.all_params()
+        out = dict(values)
+        prefix = f"{name} ({where})" if where else name
+        for key, value in changes.items():
+            if key not in declared:
+                raise ImerbenchError(
+                    f"{prefix}: unknown hyper-parameter '{key}'"
+                    f"{did_you_mean(key, declared)}; declared: {', '.join(sorted(declared))}"
+                )
+            out[key] = declared[key].validate(prefix, key, value)
+        if len(cls.stages) > 1 and not 0 <= out["stage_epoch"] < out["epochs"]:
+            raise ImerbenchError(
+                f"{prefix}: stage_epoch={out['stage_epoch']} must be below epochs={out['epochs']}"
+            )
+        return HParams(out)
+
+    @classmethod
+    def check_profiles(cls, name: str) -> None:
+        """Every declared profile is a known one and resolves (run at registration)."""
+        known = known_profiles()
+        for profile in cls.profiles:
+            if profile not in known:
+                raise ImerbenchError(
+                    f"{name}: profile '{profile}' is not a dataset profile"
+                    f"{did_you_mean(profile, known)}; valid: {', '.join(known)}"
+                )
+            cls.resolve_hparams(name, profile)
+
+    def with_params(self, **changes: Any) -> Method:
+        """A new method with some hyper-parameters changed, validated like the user's."""
+        hp = self._validated(self.name, self.hp, changes)
+        return type(self)(self.info, **hp)
+
+    def with_epochs(self, epochs: int) -> Method:
+        """The epoch count changed; a stage switch moves with it (never to epoch 0 of 1)."""
+        if "stage_epoch" not in self.hp:
+            return self.with_params(epochs=epochs)
+        scaled = round(self.hp["stage_epoch"] * epochs / self.hp["epochs"])
+        stage_epoch = min(max(scaled, 1 if epochs > 1 else 0), epochs - 1)
+        return self.with_params(epochs=epochs, stage_epoch=stage_epoch)
+
+    def model_kwargs(self, model: Callable[..., nn.Module]) -> dict[str, Any]:
+        """The hyper-parameters whose names `model`'s constructor takes."""
+        names = inspect.signature(model).parameters
+        return {k: v for k, v in self.hp.items() if k in names}
 
     # ---- what the loop calls ----------------------------------------------------------------
     def build(self, spec: DataSpec) -> nn.Module:
         """The model; its forward takes (batch, stage) and returns a `ModelOutput`."""
-        raise NotImplementedError
+        if self.model is None:
+            raise NotImplementedError(f"{type(self).__name__}: set `model` or override `build`")
+        return self.model(spec, **self.model_kwargs(self.model))
 
-    def evaluation_batch_size(self) -> int:
-        return self.hp["batch_size"] if self.batch_dependent else self.eval_batch_size
+    def prediction_group(self) -> int | None:
+        """How many consecutive dialogues of the split (in split order) a prediction depends
+        on, for a model that pools over its batch (e.g. prototypes), as published; None (the
+        default): each dialogue's prediction is its own, and evaluation batches freely."""
+        return None
 
     def stage_of(self, epoch: int) -> str:
         if len(self.stages) == 1:
@@ -166,14 +287,21 @@ class Method:
         """The training loss; by default the task loss of the fused output."""
         return task_loss(out.fused, batch)
 
-    def after_backward(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> None:
+    def after_backward(
+        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
+    ) -> None:
         """Change gradients between backward and the optimizer step (gradient modulation)."""
 
-    def on_stage_start(self, model: nn.Module, stage: str) -> None:
+    def on_stage_start(self, model: nn.Module, stage: str, ctx: RunContext) -> None:
         """Called before the first epoch of each stage."""
 
     def on_epoch_end(
-        self, model: nn.Module, epoch: int, stage: str, val_scores: dict[str, dict[str, float]]
+        self,
+        model: nn.Module,
+        epoch: int,
+        stage: str,
+        val_scores: dict[str, dict[str, float]],
+        ctx: RunContext,
     ) -> None:
         """Called after validation with {output: {metric: value}} (empty without val)."""
 
@@ -184,3 +312,17 @@ class Method:
     def diagnostics(self, model: nn.Module) -> dict[str, float]:
         """Numbers recorded with the run (e.g. mean fusion weight per modality)."""
         return {}
+
+
+def known_profiles() -> list[str]:
+    """The hyper-parameter profiles the datasets use, in catalog order."""
+    return list(dict.fromkeys(info.profile for info in DATASETS.values()))
+
+
+def evaluation_batching(method: Method) -> tuple[int, bool]:
+    """(dialogues per evaluation batch, whether batches must follow split order): grouped
+    predictions go in split order, in whole groups; others shortest first, 256 at a time."""
+    group = method.prediction_group()
+    if group is None:
+        return EVAL_BATCH_DIALOGUES, False
+    return max(1, EVAL_BATCH_DIALOGUES // group) * group, True

@@ -2,7 +2,7 @@
 
 Tensors in, Python floats out, one device sync per call. Everything is vectorized (no loop over
 utterances) and computed in float64, so that the correlation of thousands of predictions agrees
-with numpy/scipy. The definitions follow the protocol page (section 4) and are checked against
+with numpy/scipy. The definitions follow `docs/protocol.md` (section 4) and are checked against
 scikit-learn in the tests:
 
 - classification (`pred` are logits [N, C], predicted class = argmax): `wa` accuracy; `ua`

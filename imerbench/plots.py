@@ -16,12 +16,14 @@ import numpy as np
 import pandas as pd
 
 from imerbench.analysis import (
+    ceiling_methods,
     fold_mean,
     is_rate,
     modality_gap,
     primary_rows,
     subset_matrix,
     under_optimization,
+    without_ceilings,
 )
 from imerbench.corpus import MODALITIES
 from imerbench.datasets import resolve_dataset
@@ -84,9 +86,7 @@ def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     gap = modality_gap(df[df["dataset"] == dataset])
     colors = method_colors(sorted(df["method"].unique()))
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for method, g in gap.groupby("method"):
-        if method.startswith("unimodal-"):
-            continue  # one modality: its gap is by construction, not imbalance
+    for method, g in without_ceilings(gap, df).groupby("method"):
         stats = g.groupby("missing_rate")["gap"].agg(["mean", "min", "max"]).sort_index()
         ax.plot(stats.index, stats["mean"] * 100, "o-", color=colors[method], label=method)
         ax.fill_between(
@@ -103,7 +103,8 @@ def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
 def under_optimization_bars(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """(3) Under-optimization per modality and method, mean over MRs and seeds (+/- std)."""
     uo = under_optimization(df[df["dataset"] == dataset])
-    uo = uo[~uo["method"].str.startswith("unimodal-") & uo["mask"].map(is_rate)]
+    uo = without_ceilings(uo, df)
+    uo = uo[uo["mask"].map(is_rate)]
     methods = sorted(uo["method"].unique())
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(methods) + 2), 4.2))
     width = 0.25
@@ -160,7 +161,7 @@ def training_curves(
     curves = curves[
         (curves["split"] == "val") & (curves["metric"] == metric) & (curves["mask"] == mask)
     ]
-    methods = sorted(m for m in curves["method"].unique() if not m.startswith("unimodal-"))
+    methods = sorted(set(curves["method"]) - set(ceiling_methods(df)))
     if not methods:
         return []
     cols = min(4, len(methods))

@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any
 
 from imerbench.errors import ImerbenchError, unknown_name
-from imerbench.method import Method
+from imerbench.method import Method, MethodInfo
 
 ENTRY_POINT_GROUP = "imerbench.methods"
 
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered name: the class and the fixed constructor arguments of this variant."""
+    """A registered name: the class, the fixed hyper-parameters of this variant, and what
+    the analysis needs to know of it."""
 
-    name: str
     cls: type[Method]
+    info: MethodInfo
     fixed: dict[str, Any] = field(default_factory=dict)
-    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def description(self) -> str:
+        return self.info.description
 
 
 _REGISTRY: dict[str, MethodEntry] = {}
@@ -35,12 +43,21 @@ _loaded = False
 
 
 def register_method(
-    name: str, description: str = "", **fixed: Any
+    name: str,
+    description: str = "",
+    *,
+    role: str = "method",
+    ceiling_of: str = "",
+    paper_name: str = "",
+    fixed: Mapping[str, Any] | None = None,
 ) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator: `@register_method("late-fusion")`.
+    """Class decorator: `@register_method("late-fusion", role="reference")`.
 
-    `fixed` holds hyper-parameters that define the variant (e.g. `modality="a"`); they are
-    not user-overridable. Registering a name twice warns and keeps the newer class.
+    `role`: `method`, `reference` (a floor every method should clear) or `ceiling` (trained
+    and scored on the one modality `ceiling_of`); `paper_name`: the name published tables
+    give it. `fixed` holds hyper-parameters that define the variant (e.g.
+    `{"modality": "a"}`); they are not user-overridable. Every profile is validated here.
+    Registering a name twice warns and keeps the newer class.
     """
     if name != name.lower() or " " in name or "_" in name:
         raise ValueError(f"method ids are lower-case with hyphens, not '{name}'")
@@ -49,7 +66,9 @@ def register_method(
         if name in _REGISTRY:
             warnings.warn(f"method '{name}' registered twice; keeping {cls.__name__}", stacklevel=2)
         summary = description or next(iter((cls.__doc__ or "").strip().splitlines()), "")
-        _REGISTRY[name] = MethodEntry(name, cls, dict(fixed), summary)
+        info = MethodInfo(name, role, ceiling_of, paper_name, summary)
+        cls.check_profiles(name)
+        _REGISTRY[name] = MethodEntry(cls, info, dict(fixed or {}))
         return cls
 
     return decorate
@@ -73,6 +92,20 @@ def list_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def method_info(label: str) -> MethodInfo:
+    """The registration metadata of a method label (`id` or `id[k=v,...]`); a method that is
+    not registered here (a plug-in not installed) is a plain `method`."""
+    _load_all()
+    name = label.partition("[")[0].strip()
+    entry = _REGISTRY.get(name)
+    return entry.info if entry is not None else MethodInfo(name)
+
+
+def unregister_method(name: str) -> None:
+    """Remove a registered method (for plug-ins and tests that register temporary ones)."""
+    _REGISTRY.pop(name, None)
+
+
 def get_entry(name: str) -> MethodEntry:
     _load_all()
     if name not in _REGISTRY:
@@ -87,6 +120,4 @@ def create_method(name: str, profile: str = "quick", **overrides: Any) -> Method
     if fixed_clash:
         raise ImerbenchError(f"{name}: {', '.join(fixed_clash)} is fixed by this variant")
     hp = entry.cls.resolve_hparams(name, profile, {**overrides, **entry.fixed})
-    method = entry.cls(**hp)
-    method.name = name
-    return method
+    return entry.cls(entry.info, **hp)

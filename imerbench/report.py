@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from imerbench import __version__
-from imerbench.analysis import is_rate, modality_gap, under_optimization
+from imerbench.analysis import is_rate, modality_gap, under_optimization, without_ceilings
 from imerbench.leaderboard import leaderboards, protocol_table
 from imerbench.plots import plot_all
 
@@ -82,7 +82,8 @@ def analysis_markdown(df: pd.DataFrame) -> str:
     """Modality gap and under-optimization per method, as markdown tables."""
     lines = []
     gap = modality_gap(df)
-    gap = gap[~gap["method"].str.startswith("unimodal-") & gap["mask"].map(is_rate)]
+    gap = without_ceilings(gap, df)
+    gap = gap[gap["mask"].map(is_rate)]
     for dataset, g in gap.groupby("dataset"):
         table = g.groupby(["method", "missing_rate"])["gap"].mean().unstack() * 100
         lines += [
@@ -95,7 +96,8 @@ def analysis_markdown(df: pd.DataFrame) -> str:
             lines.append(f"| {method} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
         lines.append("")
     uo = under_optimization(df)
-    uo = uo[~uo["method"].str.startswith("unimodal-") & uo["mask"].map(is_rate)]
+    uo = without_ceilings(uo, df)
+    uo = uo[uo["mask"].map(is_rate)]
     for dataset, g in uo.groupby("dataset"):
         table = g.groupby(["method", "modality"])["under_optimization"].mean().unstack() * 100
         lines += [

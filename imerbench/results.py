@@ -32,6 +32,7 @@ from typing import Any
 import pandas as pd
 
 from imerbench.errors import ImerbenchError
+from imerbench.registry import method_info
 
 try:
     import fcntl
@@ -46,6 +47,10 @@ COLUMNS: tuple[str, ...] = (
     "parameters", "device", "config_hash", "code_version", "status", "error",
     "mask",  # added in schema 1: the cell's mask spec ("0.3", "at", "a=0.1,t=0.2,v=0.6")
     "attempts",  # how many times the cell was started (a worker that died is retried)
+    # Added in schema 1, the method's registration metadata (`imerbench.method.MethodInfo`):
+    "role",  # method | reference | ceiling
+    "ceiling_of",  # a ceiling's one modality
+    "paper_name",  # the method's name in published tables
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"
@@ -187,6 +192,12 @@ def read_rows(path: Path) -> pd.DataFrame:
         df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
     # Rows written before `attempts` existed (or without it) came from one attempt.
     df["attempts"] = df["attempts"].fillna(1).astype(int) if "attempts" in df.columns else 1
+    if "role" not in df.columns:  # older rows: the metadata as registered now
+        info = {label: method_info(label).columns() for label in df["method"].dropna().unique()}
+        for column in ("role", "ceiling_of", "paper_name"):
+            df[column] = df["method"].map(lambda label, c=column: info.get(label, {}).get(c, ""))
+    for column in ("ceiling_of", "paper_name"):
+        df[column] = df[column].fillna("").astype(str)
     return df
 
 

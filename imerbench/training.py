@@ -24,8 +24,7 @@ from imerbench.batch import SplitData
 from imerbench.corpus import MODALITIES, Corpus
 from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
 from imerbench.masks import MaskSpec, train_mask
-from imerbench.method import DataSpec, Method, ModelOutput
-from imerbench.metrics import METRICS
+from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
 
 # (epoch, stage, split, condition, output, metric, value); condition "mask" is the split's
@@ -121,7 +120,7 @@ def train_cell(
     device = train.device
     amp = partial(autocast, device, precision)
     task = corpus.task
-    higher = METRICS[primary].higher_is_better
+    ctx = RunContext.for_metric(primary)
     stream = (corpus.name, fold, str(mask), seed)
     torch.manual_seed(derive_seed("init", method.name, *stream))
 
@@ -134,10 +133,8 @@ def train_cell(
     best: dict[str, tuple[float, int, dict[str, Tensor], Scores]] = {}
 
     def consider(selection: str, value: float, epoch: int, test_scores: Scores) -> None:
-        if math.isnan(value):
-            return
         current = best.get(selection)
-        if current is None or (value > current[0] if higher else value < current[0]):
+        if ctx.better(value, None if current is None else current[0]):
             best[selection] = (value, epoch, snapshot(model), test_scores)
 
     start = time.perf_counter()
@@ -145,7 +142,7 @@ def train_cell(
     for epoch in range(epochs):
         if method.stage_of(epoch) != stage:
             stage = method.stage_of(epoch)
-            method.on_stage_start(model, stage)
+            method.on_stage_start(model, stage, ctx)
         train.set_mask(
             train_mask(corpus.name, fold, mask, seed, epoch, train.num_utterances, groups)
         )
@@ -161,7 +158,7 @@ def train_cell(
                 loss = method.loss(model, out, batch, stage)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            method.after_backward(model, float32_outputs(out), batch, stage)
+            method.after_backward(model, float32_outputs(out), batch, stage, ctx)
             optimizer.step()
             loss_sum += loss.detach()
             steps += 1
@@ -172,7 +169,7 @@ def train_cell(
 
         with amp():
             val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
-        method.on_epoch_end(model, epoch, stage, val_scores)
+        method.on_epoch_end(model, epoch, stage, val_scores, ctx)
         with amp():
             test_scores = evaluate(model, method, test, stage, task) if oracle else {}
         for split, scores in (("val", val_scores), ("test", test_scores)):

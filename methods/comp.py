@@ -1,7 +1,8 @@
 """ComP: cross-modal prompting for balanced incomplete multimodal emotion recognition.
 
-He, Zhu, Zhang, AAAI-26 (arXiv 2512.11239); official code WenjueHE/2026-AAAI-ComP. The method,
-quirk by quirk, is described in `specs/comp.md`. Two variants share one model:
+He, Zhu, Zhang, AAAI-26 (arXiv 2512.11239); official code WenjueHE/2026-AAAI-ComP. Where the
+released code departs from the paper (its quirks, numbered below), two variants share one
+model:
 
 - `comp-ref`: the released behaviour, quirks included, so published numbers can be compared
   and released checkpoints scored here (`convert_released_state_dict`). Its parameter count
@@ -38,7 +39,7 @@ quirk by quirk, is described in `specs/comp.md`. Two variants share one model:
   dataset's padded length where it reads padding. Quirk 9 (test-set selection) is the
   harness's `test-oracle`.
 
-Readings of points the spec leaves open (what the released code computes):
+Readings of points the paper leaves open (what the released code computes):
 - Dropout p on every Mlp, the input projections and the fusion head; 0 on the attention
   weights (the released `attn_drop_rate` defaults to 0).
 - The unimodal task losses and the private "anti" terms average over all real utterances,
@@ -50,8 +51,8 @@ Readings of points the spec leaves open (what the released code computes):
   `prompt1[m].proj_n.fc1`; the bias is left alone. It runs in stage 2 only.
 - The stage-1 fused output (zeroed concatenation, no coordinator) is computed but not
   trained; selection only looks at stage 2. Without a validation split nothing is restored.
-- The model zeroes its inputs at missing positions itself, so it never reads them
-  (`zero_fill` is not needed); fed zero-filled inputs it computes what the released model does.
+- The model zeroes its inputs at missing positions itself, so it never reads them; fed
+  zero-filled inputs it computes what the released model does.
 - `diagnostics()`: the coordinator's mean weight per modality (`coordinator_weight_a`, ...)
   over the real utterances of the last evaluation pass (a pass starts when the model enters
   eval mode). In the harness's loop that is the test split scored with the selected weights:
@@ -86,7 +87,7 @@ from imerbench.batch import Batch
 from imerbench.corpus import MODALITIES
 from imerbench.layers import ExpertStack, KeyMaskedAttention, Mlp
 from imerbench.losses import masked_mean, task_loss
-from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
 
 UNIMODAL, MULTIMODAL = "unimodal", "multimodal"
@@ -759,42 +760,13 @@ class ComP(Method):
     # projector (a Linear over the padded utterance axis) and the released losses need it.
     fixed_length = False
 
-    def __init__(self, **hparams: Any) -> None:
-        super().__init__(**hparams)
-        self._best: dict[str, tuple[float, dict[str, Tensor]]] = {}  # m -> (score, experts)
-
-    @property
-    def batch_dependent(self) -> bool:  # type: ignore[override]
-        return not self.hp["per_dialogue_prototypes"]
-
-    def evaluation_batch_size(self) -> int:
+    def prediction_group(self) -> int | None:
         """Pooled prototypes are pooled per group of `batch_size` consecutive dialogues (the
-        released batches), so evaluation may take many groups per batch at once."""
-        size = self.hp["batch_size"]
-        if not self.batch_dependent:
-            return self.eval_batch_size
-        return max(1, self.eval_batch_size // size) * size
+        released batches); per-dialogue prototypes depend on their own dialogue only."""
+        return None if self.hp["per_dialogue_prototypes"] else self.hp["batch_size"]
 
     def build(self, spec: DataSpec) -> nn.Module:
-        self._best = {}
-        hp = self.hp
-        return ComPNet(
-            spec,
-            hp["hidden"],
-            hp["depth"],
-            hp["heads"],
-            hp["dropout"],
-            hp["lbd"],
-            hp["prototypes"],
-            hp["prompt_dim"],
-            per_dialogue_prototypes=hp["per_dialogue_prototypes"],
-            fix_prototype_mask=hp["fix_prototype_mask"],
-            fix_private_copy=hp["fix_private_copy"],
-            drop_unused_parameters=hp["drop_unused_parameters"],
-            fix_fusion_zeroing=hp["fix_fusion_zeroing"],
-            fix_loss_padding=hp["fix_loss_padding"],
-            pool_size=hp["batch_size"],
-        )
+        return ComPNet(spec, pool_size=self.hp["batch_size"], **self.model_kwargs(ComPNet))
 
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """One Adam over all parameters, kept across the stages (fused: ~300 tensors)."""
@@ -817,7 +789,9 @@ class ComP(Method):
         total = total + reconstruction(ex["proj"], ex["rec"], ex["valid"], fix_padding)
         return total + task_loss(out.fused, batch) + times * unimodal
 
-    def after_backward(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> None:
+    def after_backward(
+        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
+    ) -> None:
         """The dynamic gradient modulator (stage 2)."""
         if stage != MULTIMODAL:
             return
@@ -843,27 +817,32 @@ class ComP(Method):
         return [name for name in model.state_dict() if pattern.match(name)]
 
     def on_epoch_end(
-        self, model: nn.Module, epoch: int, stage: str, val_scores: dict[str, dict[str, float]]
+        self,
+        model: nn.Module,
+        epoch: int,
+        stage: str,
+        val_scores: dict[str, dict[str, float]],
+        ctx: RunContext,
     ) -> None:
+        """Keep each modality's experts of its best unimodal validation epoch (in the run's
+        context), by the primary metric of its unimodal head."""
         if stage != UNIMODAL or not self.hp["fix_stage_reload"]:
             return
+        best: dict[str, tuple[float, dict[str, Tensor]]] = ctx.state.setdefault("best_experts", {})
         state = model.state_dict()
         for m in MODALITIES:
-            scores = val_scores.get(f"head-{m}", {})
-            score = scores.get("wa", scores.get("f1"))
-            if score is None or score != score:  # absent or NaN
+            score = val_scores.get(f"head-{m}", {}).get(ctx.primary)
+            if score is None or not ctx.better(score, best[m][0] if m in best else None):
                 continue
-            if m not in self._best or score > self._best[m][0]:
-                experts = {k: state[k].detach().clone() for k in self.expert_names(model, m)}
-                self._best[m] = (score, experts)
+            best[m] = (score, {k: state[k].detach().clone() for k in self.expert_names(model, m)})
 
-    def on_stage_start(self, model: nn.Module, stage: str) -> None:
+    def on_stage_start(self, model: nn.Module, stage: str, ctx: RunContext) -> None:
         if stage == UNIMODAL:
-            self._best = {}
-        elif self.hp["fix_stage_reload"] and self._best:
+            ctx.state.pop("best_experts", None)
+        elif self.hp["fix_stage_reload"] and ctx.state.get("best_experts"):
             state = model.state_dict()
             with torch.no_grad():
-                for _, experts in self._best.values():
+                for _, experts in ctx.state["best_experts"].values():
                     for name, value in experts.items():
                         state[name].copy_(value)
 
@@ -879,4 +858,6 @@ class ComP(Method):
 
 
 register_method("comp", "ComP (AAAI-26), each released quirk fixed (options fix_*)")(ComP)
-register_method("comp-ref", "ComP as released, quirks included", **RELEASED)(ComP)
+register_method("comp-ref", "ComP as released, quirks included", paper_name="ComP", fixed=RELEASED)(
+    ComP
+)

@@ -55,15 +55,13 @@ class EarlyFusionNet(nn.Module):
         return ModelOutput(fused=self.net(x))
 
 
-@register_method("early-fusion")
+@register_method("early-fusion", role="reference")
 class EarlyFusion(Method):
     """Mask-aware concatenation of the present modalities into an MLP (no context)."""
 
     params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
     profiles = PROFILES
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        return EarlyFusionNet(spec, self.hp["hidden"], self.hp["dropout"])
+    model = EarlyFusionNet
 
 
 class LateFusionNet(nn.Module):
@@ -82,15 +80,13 @@ class LateFusionNet(nn.Module):
         return ModelOutput(fused=fused, heads=heads)
 
 
-@register_method("late-fusion")
+@register_method("late-fusion", role="reference")
 class LateFusion(Method):
     """Per-modality MLPs averaged over the present modalities."""
 
     params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
     profiles = PROFILES
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        return LateFusionNet(spec, self.hp["hidden"], self.hp["dropout"])
+    model = LateFusionNet
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         unimodal = [

@@ -11,7 +11,7 @@ Graphs are dense per-relation adjacencies [B, R, L, L] within each dialogue of t
 edge can neither cross dialogues (each row of the batch is one dialogue) nor touch padding.
 The BiLSTMs read each dialogue within its length, so padding never reaches a real utterance.
 
-Where the released code and the spec differ we follow the code and say so: the graph layers'
+Where the released code and the paper differ we follow the code and say so: the graph layers'
 width is `graph_hidden` (the code uses hidden // 2), and the optional nodal attention
 (`--time-attn`, off in most published runs) is left out.
 """
@@ -230,7 +230,7 @@ def reconstruction_loss(
     return total / valid.sum().clamp(min=1).to(recon.dtype)
 
 
-@register_method("gcnet")
+@register_method("gcnet", paper_name="GCNet")
 class GCNet(Method):
     """BiLSTM + temporal and speaker graphs + reconstruction of the missing inputs (GCNet)."""
 
@@ -259,18 +259,7 @@ class GCNet(Method):
         "mosei": PUBLISHED,
     }
     needs_complete = True  # the reconstruction targets are the inputs the mask hides
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        hp = self.hp
-        return GCNetNet(
-            spec,
-            hp["hidden"],
-            hp["graph_hidden"],
-            hp["window_past"],
-            hp["window_future"],
-            hp["dropout"],
-            hp["rnn_layers"],
-        )
+    model = GCNetNet
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         if batch.complete is None:

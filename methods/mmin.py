@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from imerbench.batch import Batch
 from imerbench.corpus import MODALITIES
 from imerbench.losses import masked_mean, task_loss
-from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
 
 TEACHER, STUDENT = "teacher", "student"
@@ -164,7 +164,7 @@ def imagination_loss(
     return masked_mean(err**2, keep)
 
 
-@register_method("mmin")
+@register_method("mmin", paper_name="MMIN")
 class MMIN(Method):
     """A full-modality teacher, then a student imagining the missing embeddings (MMIN)."""
 
@@ -220,19 +220,7 @@ class MMIN(Method):
     }
     stages = (TEACHER, STUDENT)
     needs_complete = True  # the teacher and the imagination targets see what the mask hides
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        hp = self.hp
-        return MMINNet(
-            spec,
-            hp["embed"],
-            tuple(hp["enc_layers"]),
-            tuple(hp["ae_layers"]),
-            hp["blocks"],
-            tuple(hp["cls_layers"]),
-            hp["dropout"],
-            hp["teacher_dropout"],
-        )
+    model = MMINNet
 
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(
@@ -242,7 +230,7 @@ class MMIN(Method):
             weight_decay=self.hp["weight_decay"],
         )
 
-    def on_stage_start(self, model: nn.Module, stage: str) -> None:
+    def on_stage_start(self, model: nn.Module, stage: str, ctx: RunContext) -> None:
         if stage == STUDENT:  # the port initialises the student's encoders from the teacher
             assert isinstance(model, MMINNet)
             model.encoders.load_state_dict(model.teacher.encoders.state_dict())
@@ -271,7 +259,9 @@ class MMIN(Method):
             + hp["cycle_weight"] * cycle
         )
 
-    def after_backward(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> None:
+    def after_backward(
+        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
+    ) -> None:
         if self.hp["clip_norm"] <= 0:
             return
         assert isinstance(model, MMINNet)

@@ -97,7 +97,7 @@ class MoMKENet(nn.Module):
         return ModelOutput(fused=self.out(h), heads=heads, extras=extras)
 
 
-@register_method("momke")
+@register_method("momke", paper_name="MoMKE")
 class MoMKE(Method):
     """Modality experts trained unimodally, then mixed per modality by soft routers (MoMKE)."""
 
@@ -125,12 +125,7 @@ class MoMKE(Method):
     }
     stages = (UNIMODAL, FUSION)
     needs_complete = True  # the unimodal stage trains on complete inputs
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        hp = self.hp
-        return MoMKENet(
-            spec, hp["hidden"], hp["depth"], hp["heads"], hp["dropout"], hp["attn_dropout"]
-        )
+    model = MoMKENet
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         if stage == FUSION:

@@ -51,15 +51,14 @@ class Unimodal(Method):
         "mosi": {"epochs": 150, "batch_size": 32, "lr": 1e-4},
         "mosei": {"epochs": 50, "batch_size": 32, "lr": 1e-4},
     }
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        hp = self.hp
-        return UnimodalNet(
-            spec, hp["modality"], hp["hidden"], hp["depth"], hp["heads"], hp["dropout"]
-        )
+    model = UnimodalNet
 
 
 for _m in MODALITIES:
     register_method(
-        f"unimodal-{_m}", f"context-aware unimodal reference on modality {_m}", modality=_m
+        f"unimodal-{_m}",
+        f"context-aware unimodal reference on modality {_m}",
+        role="ceiling",
+        ceiling_of=_m,
+        fixed={"modality": _m},
     )(Unimodal)

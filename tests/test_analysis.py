@@ -39,6 +39,7 @@ def row(method: str, mask: str, seed: int, condition: str, value: float, **extra
         "value": value,
         "status": "ok",
         "config_hash": f"{method}{mask}{seed}",
+        "role": "method",
     }
     return base | extra
 
@@ -49,7 +50,8 @@ def rows_frame() -> pd.DataFrame:
     for seed in (0, 1):
         for m, v in forced.items():
             rows.append(row("fusion", "0.3", seed, m, v + 0.01 * seed))
-            rows.append(row(f"unimodal-{m}", "0.0", seed, "mask", v + 0.05))
+            ceiling = {"role": "ceiling", "ceiling_of": m}
+            rows.append(row(f"unimodal-{m}", "0.0", seed, "mask", v + 0.05, **ceiling))
         rows.append(row("fusion", "0.3", seed, "mask", 0.70))
         rows.append(row("fusion", "a", seed, "mask", 0.58))  # fusion trained on audio alone
     return pd.DataFrame(rows)

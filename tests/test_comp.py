@@ -25,11 +25,18 @@ from torch import Tensor
 from imerbench.batch import Batch, SplitData
 from imerbench.errors import ImerbenchError
 from imerbench.grid import load_grid
-from imerbench.method import DataSpec, ModelOutput
+from imerbench.method import (
+    EVAL_BATCH_DIALOGUES,
+    DataSpec,
+    ModelOutput,
+    RunContext,
+    evaluation_batching,
+)
 from imerbench.registry import create_method
 from imerbench.training import data_spec
 
 FIXTURE = Path(__file__).parent / "data" / "comp_released.pt"
+CTX = RunContext.for_metric("f1")  # the modulator reads no context
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -128,9 +135,10 @@ def test_fixture_stays_small() -> None:
 def test_variants_and_their_options() -> None:
     ref, comp = create_method("comp-ref", "mosi"), create_method("comp", "mosi")
     assert all(ref.hp[f] is False for f in FIXES) and all(comp.hp[f] is True for f in FIXES)
-    assert ref.batch_dependent and ref.evaluation_batch_size() == 256  # 8 pools of 32
-    assert not comp.batch_dependent and comp.evaluation_batch_size() == comp.eval_batch_size
-    assert create_method("comp", "quick", per_dialogue_prototypes=False).batch_dependent
+    assert ref.prediction_group() == 32 and evaluation_batching(ref) == (256, True)  # 8 pools
+    assert comp.prediction_group() is None
+    assert evaluation_batching(comp) == (EVAL_BATCH_DIALOGUES, False)
+    assert create_method("comp", "quick", per_dialogue_prototypes=False).prediction_group() == 16
     with pytest.raises(ImerbenchError, match="fixed"):
         create_method("comp-ref", "quick", fix_modulator=True)
     published = {"batch_size": 32, "epochs": 300, "stage_epoch": 150, "lr": 1e-4}
@@ -207,7 +215,7 @@ def test_trimmed_batch_computes_what_the_full_padded_batch_computes(
         if training:  # the loss needs the training-only ingredients
             loss = method.loss(model, out, batch, stage)
             loss.backward()
-            method.after_backward(model, out, batch, stage)
+            method.after_backward(model, out, batch, stage, RunContext.for_metric("wa"))
             grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
             assert grads
         results.append((out, loss.detach(), grads))
@@ -294,7 +302,7 @@ def test_released_pools_are_the_training_batches_whatever_the_evaluation_batch()
     many groups per batch gives what scoring one released batch at a time gives."""
     corpus = tiny_corpus(num_dialogues=14)
     method, model = build("comp-ref", data_spec(corpus), batch_size=4)
-    assert method.evaluation_batch_size() == 256
+    assert evaluation_batching(method) == (256, True)
     data = SplitData(corpus, np.arange(14), "cpu", pad_to=corpus.pad_length)
     data.set_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
     model.eval()
@@ -398,7 +406,7 @@ def test_modulator_rescales_the_prototype_projector_by_the_spec_weights(case: st
     targets = {m: f"prompt1.{m}.proj_n.fc1.weight" for m in "atv"}
     for name in targets.values():
         assert before[name].shape == (10, 3) and torch.all(before[name].abs().sum(0) > 0)
-    method.after_backward(model, with_heads(out, errors), batch, "multimodal")
+    method.after_backward(model, with_heads(out, errors), batch, "multimodal", CTX)
     after = grads(model)
     for m, name in targets.items():
         weights = torch.tensor(expected[m])
@@ -414,7 +422,9 @@ def test_modulator_uses_one_minus_p_true_for_classes() -> None:
     t_logits = even.clone()
     t_logits[0, 0, 0] = math.log(3.0)  # p(true class 0) = 3/4: error 1/4 (others 1/2)
     heads = {"a": even, "t": t_logits, "v": even.clone()}
-    method.after_backward(model, ModelOutput(fused=out.fused, heads=heads), batch, "multimodal")
+    method.after_backward(
+        model, ModelOutput(fused=out.fused, heads=heads), batch, "multimodal", CTX
+    )
     expected = {"a": [0.75, 1.0, 1.0], "t": [0.5, 1.0, 1.0], "v": [0.75, 1.0, 1.0]}
     for m, w in expected.items():
         name = f"prompt1.{m}.proj_n.fc1.weight"
@@ -429,7 +439,7 @@ def test_released_modulator_changes_nothing() -> None:
     assert modulator_targets(model, fixed=False) == {}  # ...but the released filter misses it
     before = grads(model)
     errors, _ = MODULATOR_CASES["no clipping"]
-    method.after_backward(model, with_heads(out, errors), batch, "multimodal")
+    method.after_backward(model, with_heads(out, errors), batch, "multimodal", CTX)
     after = grads(model)
     assert after.keys() == before.keys()
     assert all(torch.equal(after[n], before[n]) for n in before)
@@ -443,7 +453,8 @@ EXPERT = re.compile(r"block[12]\.layers\.\d+\.(?P<m>[atv])\.")
 def test_stage_switch_restores_each_modalitys_best_experts(name: str) -> None:
     spec = DataSpec("classification", 3, {"a": 4, "t": 5, "v": 3}, 6, 2)
     method, model = build(name, spec, hidden=8)
-    method.on_stage_start(model, "unimodal")
+    ctx = RunContext.for_metric("wa")
+    method.on_stage_start(model, "unimodal", ctx)
     history = [  # head-m validation wa per epoch: a best at 1, t at 0, v at 0
         {"a": 0.5, "t": 0.9, "v": 0.8},
         {"a": 0.7, "t": 0.2, "v": 0.1},
@@ -457,8 +468,8 @@ def test_stage_switch_restores_each_modalitys_best_experts(name: str) -> None:
             "fused": {"wa": 0.1},
             **{f"head-{m}": {"wa": s, "ua": 0.0} for m, s in scores.items()},
         }
-        method.on_epoch_end(model, epoch, "unimodal", val)
-    method.on_stage_start(model, "multimodal")
+        method.on_epoch_end(model, epoch, "unimodal", val, ctx)
+    method.on_stage_start(model, "multimodal", ctx)
     best = {"a": 1.0, "t": 0.0, "v": 0.0}
     for param_name, param in model.named_parameters():
         match = EXPERT.match(param_name)

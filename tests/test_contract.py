@@ -11,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_corpus import tiny_corpus
+from tiny_corpus import splits_for, tiny_corpus
 
 from imerbench.batch import SplitData
-from imerbench.masks import MaskStore, draw_rate_mask, parse_mask_spec
-from imerbench.method import Method
+from imerbench.masks import draw_rate_mask, parse_mask_spec
+from imerbench.method import Method, RunContext
 from imerbench.registry import create_method, list_methods
 from imerbench.training import data_spec, train_cell
 
@@ -41,8 +41,8 @@ def build(name: str, task: str = "classification", **overrides: object):
     return corpus, method, model, data
 
 
-def first_batch(method: Method, data: SplitData, zero_fill: bool = True, complete: bool = False):
-    batches = data.batches(64, None, method.fixed_length, zero_fill=zero_fill, complete=complete)
+def first_batch(method: Method, data: SplitData, complete: bool = False):
+    batches = data.batches(64, None, method.fixed_length, complete=complete)
     return next(iter(batches))
 
 
@@ -51,8 +51,9 @@ def first_batch(method: Method, data: SplitData, zero_fill: bool = True, complet
 def test_every_missing_pattern_runs(name: str, task: str) -> None:
     corpus, method, model, data = build(name, task)
     model.eval()
+    ctx = RunContext.for_metric("wa")
     for _, stage in stages(method):
-        method.on_stage_start(model, stage)
+        method.on_stage_start(model, stage, ctx)
         for condition in CONDITIONS:
             keep = np.array([m in condition for m in "atv"])
             data.set_mask(np.tile(keep, (data.num_utterances, 1)))
@@ -71,14 +72,15 @@ def test_loss_is_finite_and_every_parameter_learns(name: str) -> None:
     data.set_mask(draw_rate_mask(data.num_utterances, 0.3, np.random.default_rng(0)))
     batch = first_batch(method, data, complete=method.needs_complete)  # as training sees it
     model.train()
+    ctx = RunContext.for_metric("wa")
     for _, stage in stages(method):
-        method.on_stage_start(model, stage)
+        method.on_stage_start(model, stage, ctx)
         model.zero_grad(set_to_none=True)
         out = model(batch, stage)
         loss = method.loss(model, out, batch, stage)
         assert torch.isfinite(loss), stage
         loss.backward()
-        method.after_backward(model, out, batch, stage)
+        method.after_backward(model, out, batch, stage, ctx)
         idle = method.idle_parameters(model, stage)
         starved = [
             n
@@ -99,11 +101,7 @@ def test_values_at_missing_positions_cannot_leak(name: str) -> None:
     _corpus, method, model, data = build(name)
     data.set_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(1)))
     model.eval()
-    clean = first_batch(method, data, zero_fill=True)
-    if method.zero_fill:  # the harness's promise to such a method: zeros where missing
-        for k, m in enumerate("atv"):
-            assert torch.all(clean.features[m][~clean.available[..., k]] == 0)
-        return
+    clean = first_batch(method, data)
     gen = torch.Generator().manual_seed(2)
     noisy = {}
     for k, m in enumerate("atv"):
@@ -112,8 +110,9 @@ def test_values_at_missing_positions_cannot_leak(name: str) -> None:
         noisy[m] = torch.where(clean.available[..., k : k + 1], x, garbage)
     assert any(not torch.equal(noisy[m], clean.features[m]) for m in "atv")
     dirty = clean.replace(features=noisy)
+    ctx = RunContext.for_metric("wa")
     for _, stage in stages(method):
-        method.on_stage_start(model, stage)
+        method.on_stage_start(model, stage, ctx)
         with torch.no_grad():
             a, b = model(clean, stage), model(dirty, stage)
         valid = clean.valid
@@ -125,18 +124,13 @@ def test_values_at_missing_positions_cannot_leak(name: str) -> None:
 def run_tiny(name: str, epochs: int, seed: int = 0, rate: str = "0.0"):
     corpus = tiny_corpus(num_dialogues=48, seed=3)
     method = create_method(name, "quick")  # a profile's stage_epoch may exceed `epochs`
-    method.hp["epochs"] = epochs
     if "stage_epoch" in method.hp:
-        method.hp["stage_epoch"] = epochs // 2
-    spec = parse_mask_spec(rate)
-    store = MaskStore(None)
+        method = method.with_params(epochs=epochs, stage_epoch=epochs // 2)
+    else:
+        method = method.with_params(epochs=epochs)
     pad_to = corpus.pad_length if method.fixed_length else None
-    splits = {}
-    for split in ("train", "val", "test"):
-        data = SplitData(corpus, corpus.fold(0).get(split), "cpu", pad_to=pad_to)
-        if split != "train":
-            data.set_mask(store.get(corpus, 0, split, spec, seed))
-        splits[split] = data
+    splits = splits_for(corpus, rate, seed=seed, pad_to=pad_to)
+    spec = parse_mask_spec(rate)
     return train_cell(method, corpus, splits, fold=0, mask=spec, seed=seed, primary="wa")
 
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 from imerbench.methods import mmin
 from imerbench.methods.mmin import STUDENT, TEACHER, imagination_loss
-from tiny_corpus import tiny_corpus
+from tiny_corpus import splits_for, tiny_corpus
 
 from imerbench.batch import Batch, SplitData
 from imerbench.corpus import MODALITIES
-from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.masks import parse_mask_spec
 from imerbench.registry import create_method
 from imerbench.training import data_spec, train_cell
 
@@ -41,21 +41,15 @@ def _run(monkeypatch: pytest.MonkeyPatch, epochs: int = 4, rate: str = "0.5"):
     starts: dict[str, dict[str, torch.Tensor]] = {}
     on_stage_start = mmin.MMIN.on_stage_start
 
-    def spy_stage(self, model, stage: str) -> None:
-        on_stage_start(self, model, stage)
+    def spy_stage(self, model, stage: str, ctx) -> None:
+        on_stage_start(self, model, stage, ctx)
         starts[stage] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     monkeypatch.setattr(mmin.MMIN, "on_stage_start", spy_stage)
 
     corpus = tiny_corpus(num_dialogues=24, seed=4)
     method = create_method("mmin", "quick", epochs=epochs, stage_epoch=epochs // 2)
-    spec, store = parse_mask_spec(rate), MaskStore(None)
-    splits = {}
-    for split in ("train", "val", "test"):
-        data = SplitData(corpus, corpus.fold(0).get(split), "cpu")
-        if split != "train":
-            data.set_mask(store.get(corpus, 0, split, spec, 0))
-        splits[split] = data
+    spec, splits = parse_mask_spec(rate), splits_for(corpus, rate)
     outcome = train_cell(method, corpus, splits, fold=0, mask=spec, seed=0, primary="wa")
     assert evaluated and all(b.complete is None for b in evaluated)  # never at evaluation
     return seen, teacher_inputs, starts, outcome

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from tiny_corpus import tiny_corpus
+from tiny_corpus import splits_for, tiny_corpus
 
 from imerbench.batch import SplitData
 from imerbench.errors import ImerbenchError
@@ -16,7 +16,7 @@ from imerbench.evaluation import predict
 from imerbench.grid import grid_from_dict
 from imerbench.masks import MaskStore, parse_mask_spec
 from imerbench.registry import create_method, list_methods
-from imerbench.runner import RunOptions, run_grid, scale_epochs
+from imerbench.runner import RunOptions, run_grid
 from imerbench.training import autocast, data_spec, train_cell
 
 TOLERANCE = 0.03  # |wa(bf16) - wa(fp32)| on the same cell
@@ -86,15 +86,9 @@ def test_bf16_forward_runs_in_bfloat16_and_predictions_come_back_float32() -> No
 @pytest.mark.parametrize("name", list_methods())
 def test_every_method_trains_and_scores_under_bf16(name: str) -> None:
     corpus = tiny_corpus(num_dialogues=24, seed=3)
-    method = create_method(name, "quick")
-    scale_epochs(method, 2)
-    spec, store = parse_mask_spec("0.5"), MaskStore(None)
+    method = create_method(name, "quick").with_epochs(2)
     pad_to = corpus.pad_length if method.fixed_length else None
-    splits = {}
-    for split in ("train", "val", "test"):
-        splits[split] = SplitData(corpus, corpus.fold(0).get(split), "cpu", pad_to=pad_to)
-        if split != "train":
-            splits[split].set_mask(store.get(corpus, 0, split, spec, 0))
+    spec, splits = parse_mask_spec("0.5"), splits_for(corpus, "0.5", pad_to=pad_to)
     outcome = train_cell(
         method, corpus, splits, fold=0, mask=spec, seed=0, primary="wa", precision="bf16"
     )

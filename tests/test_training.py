@@ -5,26 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tiny_corpus import tiny_corpus
+from tiny_corpus import splits_for, tiny_corpus
 
 import imerbench.training as training
-from imerbench.batch import SplitData
-from imerbench.corpus import Corpus, without_validation
-from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.corpus import Corpus
+from imerbench.masks import parse_mask_spec
 from imerbench.registry import create_method
 from imerbench.training import CellFailure, train_cell
-
-
-def splits_for(corpus: Corpus, spec: str = "0.0", with_val: bool = True):
-    store, mask = MaskStore(None), parse_mask_spec(spec)
-    fold = corpus.fold(0) if with_val else without_validation(corpus.fold(0))
-    out = {}
-    for split in ("train", "val", "test") if with_val else ("train", "test"):
-        data = SplitData(corpus, fold.get(split), "cpu")
-        if split != "train":
-            data.set_mask(store.get(corpus, 0, split, mask, 0))
-        out[split] = data
-    return out
 
 
 def shifted_test_labels(corpus: Corpus) -> Corpus:
@@ -107,7 +94,7 @@ def test_val_selection_only_considers_the_last_stage() -> None:
     method = create_method("unimodal-t", "quick", epochs=6)
     type(method).stages = ("warm-up", "train")  # a two-stage method, for this test only
     try:
-        method.hp["stage_epoch"] = 4
+        method = method.with_params(stage_epoch=4)
         outcome = train_cell(
             method,
             corpus,

@@ -23,8 +23,10 @@ from pathlib import Path
 import pandas as pd
 
 from imerbench.datasets import resolve_dataset
+from imerbench.devices import describe_device, resolve_device
 from imerbench.grid import grid_from_dict
-from imerbench.runner import RunOptions, describe_device, resolve_device, run_grid
+from imerbench.plan import RunOptions
+from imerbench.runner import run_grid
 
 
 def run(raw: dict, out: Path, device: str, jobs: int) -> tuple[pd.DataFrame, float]:

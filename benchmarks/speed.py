@@ -54,12 +54,15 @@ from torch import Tensor, nn
 from imerbench.batch import Batch, SplitData
 from imerbench.corpus import MODALITIES, without_validation
 from imerbench.datasets import load_dataset, resolve_dataset
+from imerbench.devices import describe_device, resolve_device
 from imerbench.evaluation import predict
 from imerbench.grid import grid_from_dict, load_grid
 from imerbench.masks import draw_rate_mask
+from imerbench.method import RunContext
+from imerbench.plan import RunOptions
 from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
-from imerbench.runner import RunOptions, describe_device, resolve_device, run_grid
+from imerbench.runner import run_grid
 from imerbench.safe_pickle import load_label_pickle
 from imerbench.training import data_spec
 
@@ -69,7 +72,7 @@ REDUCED = {"epochs": 2, "grid_cells": 2, "jobs": 2, "repeats": 3}  # a CPU's def
 FULL = {"epochs": 20, "grid_cells": 4, "jobs": 4, "repeats": 5}
 
 
-# CMU-MOSEI's size (specs/data-and-protocol.md) and its usual split in utterances; its labels
+# CMU-MOSEI's size (docs/protocol.md, section 1) and its usual split in utterances; its labels
 # are not on this disk, so `--shape mosei` draws a label pickle of that size (below).
 MOSEI_VIDEOS, MOSEI_UTTERANCES = 3228, 22856
 MOSEI_SPLIT = {"train": 16326, "val": 1871, "test": 4659}  # utterances
@@ -350,6 +353,7 @@ def compare_with_released(
     torch.manual_seed(0)
     model = method.build(spec).to(device)
     optimizer = method.configure_optimizer(model)
+    ctx = RunContext.for_metric(info.primary_metric)
     reference = ReleasedRunner(released, hp | {"l2": hp["weight_decay"]}, spec, device)
 
     def sync() -> None:
@@ -365,7 +369,7 @@ def compare_with_released(
             loss = method.loss(model, out, batch, stage)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            method.after_backward(model, out, batch, stage)
+            method.after_backward(model, out, batch, stage, ctx)
             optimizer.step()
         sync()
         middle = time.perf_counter()

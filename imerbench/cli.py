@@ -67,9 +67,12 @@ def run(
     dry_run: Annotated[bool, typer.Option(help="print the cells and a time estimate")] = False,
 ) -> None:
     """Run or resume a grid (default: every method on the synthetic corpus)."""
+    from imerbench.compute import CellReport, Workspace
+    from imerbench.estimate import estimate_seconds
     from imerbench.grid import default_grid_path, load_grid
     from imerbench.leaderboard import leaderboards, render
-    from imerbench.runner import CellReport, RunOptions, Workspace, estimate_seconds, run_grid
+    from imerbench.plan import RunOptions, pending_cells
+    from imerbench.runner import run_grid
 
     if executor not in ("local", "ray"):
         raise ImerbenchError(f"--executor {executor}: use local or ray")
@@ -109,8 +112,6 @@ def run(
         missing_features=missing_features,
     )
     if dry_run:
-        from imerbench.runner import pending_cells
-
         todo, done = pending_cells(grid, options)
         ws = Workspace(grid, options)
         estimates = estimate_seconds(todo, ws)

@@ -29,26 +29,23 @@ from typing import Any
 
 import torch
 
-from imerbench.errors import ImerbenchError
-from imerbench.grid import Cell, Grid
-from imerbench.results import ResultStore, claim_cell, release_claim
-from imerbench.runner import (
-    MERGE_INTERVAL_S,
+from imerbench.compute import (
     CellReport,
     CellResult,
-    RunOptions,
     Workspace,
-    cell_config,
-    cell_folder,
-    cell_method,
     compute_cell,
-    config_hash,
     failed_row,
-    limit_device_memory,
     log_line,
-    remove_stale_temporaries,
-    resolve_device,
     row_base,
+)
+from imerbench.devices import limit_device_memory, resolve_device
+from imerbench.errors import ImerbenchError
+from imerbench.grid import Cell, Grid
+from imerbench.plan import RunOptions, cell_config, cell_folder, cell_method, config_hash
+from imerbench.results import ResultStore, claim_cell, release_claim
+from imerbench.write import (
+    MERGE_INTERVAL_S,
+    remove_stale_temporaries,
     write_cell_result,
     writes_checked,
 )

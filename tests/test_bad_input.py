@@ -24,7 +24,6 @@ from hostile_pickles import Open, System
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imerbench.cli import main
 from imerbench.corpus import Corpus, Fold, leave_one_group_out
 from imerbench.datasets import DATASETS, DatasetInfo
 from imerbench.errors import ImerbenchError
@@ -123,38 +122,6 @@ def _cache_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     folder = tmp_path / "cache"
     monkeypatch.setenv("IMERBENCH_CACHE", str(folder))
     return folder
-
-
-# ------------------------------------------------------------------------------------------
-# Running the CLI as a user does
-
-
-def run_cli(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["imerbench", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_error_line(
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    *args: str,
-    code: int = 2,
-) -> str:
-    """The single stderr line of a failing command, after checking its exit status."""
-    got, _, err = run_cli(monkeypatch, capsys, *args)
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert got == code, (got, err)
-    assert len(lines) == 1, err
-    assert "Traceback" not in err and lines[0].startswith("error: ")
-    return lines[0]
 
 
 # ------------------------------------------------------------------------------------------
@@ -331,17 +298,19 @@ def test_bad_data_is_one_line_and_leaves_no_cache(
 
 
 def test_bad_data_fails_data_check_with_one_line(
+    one_error_line,
     spoiled: tuple[Tiny, list[str]],
     _cache_in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     tiny, words = spoiled
-    line = one_error_line(monkeypatch, capsys, "data", "check", str(tiny.root), code=1)
+    line = one_error_line("data", "check", str(tiny.root), code=1)
     _assert_refused(line, words, tiny, _cache_in_tmp)
 
 
 def test_bad_data_stops_a_run_before_any_cell(
+    one_error_line,
     spoiled: tuple[Tiny, list[str]],
     _cache_in_tmp: Path,
     tmp_path: Path,
@@ -352,12 +321,13 @@ def test_bad_data_stops_a_run_before_any_cell(
     out = tmp_path / "out"
     args = ["run", "--datasets", tiny.info.id, "--data-root", str(tiny.root)]
     args += ["--methods", "early-fusion", "--epochs", "1", "--jobs", "1", "--out", str(out)]
-    line = one_error_line(monkeypatch, capsys, *args)
+    line = one_error_line(*args)
     _assert_refused(line, words, tiny, _cache_in_tmp)
     assert not out.exists(), "a failed run left a results folder behind"
 
 
 def test_the_tiny_dataset_itself_is_clean(
+    run_cli,
     tmp_path: Path,
     _cache_in_tmp: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -369,20 +339,20 @@ def test_the_tiny_dataset_itself_is_clean(
         corpus = read_gcnet(tiny.info, tiny.root, feature_names=None)
         np.testing.assert_array_equal(corpus.labels, tiny.corpus.labels)
         assert corpus.widths == WIDTHS
-        code, out, err = run_cli(monkeypatch, capsys, "data", "check", str(tiny.root))
+        code, out, err = run_cli("data", "check", str(tiny.root))
         assert code == 0 and err == "" and out.splitlines()[-1] == "all ok"
     assert len(_cache_files(_cache_in_tmp)) == 2  # valid data is cached
 
 
 def test_data_check_reports_two_problems_as_two_lines(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    run_cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """One line per problem, each naming its file; the report itself stays on stdout."""
     tiny = write_tiny("iemocap4", tmp_path)
     bad = [tiny.feature("a", tiny.corpus.utterance_ids[k]) for k in (3, 11)]
     for path in bad:
         path.write_bytes(b"junk")
-    code, out, err = run_cli(monkeypatch, capsys, "data", "check", str(tiny.root))
+    code, out, err = run_cli("data", "check", str(tiny.root))
     lines = err.splitlines()
     assert code == 1 and len(lines) == 2
     assert all(str(p) in line for p, line in zip(bad, lines, strict=True))
@@ -496,6 +466,7 @@ GRID_FILE_CASES: list[tuple[str, list[str]]] = [
 
 @pytest.mark.parametrize(("text", "words"), GRID_FILE_CASES)
 def test_bad_grid_file_is_one_line_naming_the_file(
+    one_error_line,
     text: str,
     words: list[str],
     tmp_path: Path,
@@ -504,7 +475,7 @@ def test_bad_grid_file_is_one_line_naming_the_file(
 ) -> None:
     grid = tmp_path / "mine.toml"
     grid.write_text(text)
-    line = one_error_line(monkeypatch, capsys, "run", str(grid), "--out", str(tmp_path / "o"))
+    line = one_error_line("run", str(grid), "--out", str(tmp_path / "o"))
     assert str(grid) in line
     for word in words:
         assert word in line, (word, line)
@@ -533,6 +504,7 @@ OPTION_CASES: list[tuple[list[str], list[str]]] = [
 
 @pytest.mark.parametrize(("args", "words"), OPTION_CASES)
 def test_bad_option_is_one_line_naming_it(
+    one_error_line,
     args: list[str],
     words: list[str],
     tmp_path: Path,
@@ -540,7 +512,7 @@ def test_bad_option_is_one_line_naming_it(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "o"
-    line = one_error_line(monkeypatch, capsys, "run", *args, "--dry-run", "--out", str(out))
+    line = one_error_line("run", *args, "--dry-run", "--out", str(out))
     for word in words:
         assert word in line, (word, line)
     assert not out.exists()

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import sys
 import tomllib
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from imerbench.cli import main
 from imerbench.errors import ImerbenchError
 from imerbench.grid import default_grid, grid_from_dict, load_grid, parse_method_ref
 from imerbench.registry import create_method, list_methods
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["imerbench", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
-def one_line_error(monkeypatch, capsys, *args: str) -> str:
-    code, _, err = run_cli(monkeypatch, capsys, *args)
-    assert code == 2
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 def test_default_grid_is_every_method_on_synthetic() -> None:
@@ -99,57 +77,55 @@ def test_bad_grids_fail_with_a_clear_message(raw: dict, words: str) -> None:
         grid_from_dict(raw, "grid.toml")
 
 
-def test_cli_errors_are_one_line(monkeypatch, capsys, tmp_path: Path) -> None:
-    line = one_line_error(monkeypatch, capsys, "run", "--methods", "late-fuson", "--dry-run")
+def test_cli_errors_are_one_line(one_error_line, monkeypatch, capsys, tmp_path: Path) -> None:
+    line = one_error_line("run", "--methods", "late-fuson", "--dry-run")
     assert "unknown method 'late-fuson'" in line and "late-fusion" in line
-    line = one_line_error(monkeypatch, capsys, "run", "--missing-rates", "0.9", "--dry-run")
+    line = one_error_line("run", "--missing-rates", "0.9", "--dry-run")
     assert "0.9" in line
     bad = tmp_path / "bad.toml"
     bad.write_text('methods = ["early-fusion"]\nseed = [1]\n')
-    line = one_line_error(monkeypatch, capsys, "run", str(bad))
+    line = one_error_line("run", str(bad))
     assert "unknown key 'seed'" in line and "did you mean 'seeds'" in line
-    line = one_line_error(monkeypatch, capsys, "run", str(tmp_path / "nope.toml"))
+    line = one_error_line("run", str(tmp_path / "nope.toml"))
     assert "does not exist" in line
-    line = one_line_error(monkeypatch, capsys, "run", "--datasets", "mosi", "--dry-run")
+    line = one_error_line("run", "--datasets", "mosi", "--dry-run")
     assert "--data-root" in line
-    line = one_line_error(monkeypatch, capsys, "table", str(tmp_path / "empty"))
+    line = one_error_line("table", str(tmp_path / "empty"))
     assert "no results" in line
 
 
-def test_cli_run_table_and_list(monkeypatch, capsys, tmp_path: Path) -> None:
+def test_cli_run_table_and_list(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    code, stdout, _ = run_cli(
-        monkeypatch, capsys, "run", "--methods", "early-fusion,unimodal-v", "--missing-rates",
+    code, stdout, _ = run_cli("run", "--methods", "early-fusion,unimodal-v", "--missing-rates",
         "0.0", "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
     )  # fmt: skip
     assert code == 0
     assert "4 cells ran, 0 failed" in stdout
     assert "| early-fusion |" in stdout and "Bayes limit" in stdout
-    code, table_md, _ = run_cli(monkeypatch, capsys, "table", str(out))
+    code, table_md, _ = run_cli("table", str(out))
     assert code == 0 and "| unimodal-v |" in table_md
     # The table is computed from the rows: change a row and the table changes.
-    code, table_csv, _ = run_cli(monkeypatch, capsys, "table", str(out), "--format", "csv")
+    code, table_csv, _ = run_cli("table", str(out), "--format", "csv")
     rows_file = next(out.glob("cells/synthetic/early-fusion/*seed0*/rows.csv"))
     rows = pd.read_csv(rows_file)
     rows.loc[(rows["selection"] == "val") & (rows["metric"] == "wa"), "value"] = 0.123
     rows.to_csv(rows_file, index=False)
-    _, changed_csv, _ = run_cli(monkeypatch, capsys, "table", str(out), "--format", "csv")
+    _, changed_csv, _ = run_cli("table", str(out), "--format", "csv")
     before = pd.read_csv(pd.io.common.StringIO(table_csv)).set_index("method")
     after = pd.read_csv(pd.io.common.StringIO(changed_csv)).set_index("method")
     assert after.at["unimodal-v", "mean"] == before.at["unimodal-v", "mean"]
     seed1 = pd.read_csv(next(out.glob("cells/synthetic/early-fusion/*seed1*/rows.csv")))
     other = seed1.query("selection == 'val' and metric == 'wa' and output == 'fused'")["value"]
     assert after.at["early-fusion", "mean"] == pytest.approx((0.123 + other.iloc[0]) / 2)
-    code, listing, _ = run_cli(monkeypatch, capsys, "list")
+    code, listing, _ = run_cli("list")
     assert code == 0
     for name in list_methods():
         assert name in listing
     assert "iemocap4" in listing and "IEMOCAPFour" in listing
 
 
-def test_dry_run_lists_cells_with_an_estimate(monkeypatch, capsys, tmp_path: Path) -> None:
-    code, stdout, _ = run_cli(
-        monkeypatch, capsys, "run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
+def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
+    code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
         "--dry-run", "--device", "cpu", "--out", str(tmp_path),
     )  # fmt: skip
     assert code == 0
@@ -178,4 +154,4 @@ def test_third_party_methods_register_through_entry_points(tmp_path: Path, monke
         assert "plugin-fusion" in registry.list_methods()
         assert registry.create_method("plugin-fusion", "quick").hp["epochs"] >= 1
     finally:
-        registry._REGISTRY.pop("plugin-fusion", None)
+        registry.unregister_method("plugin-fusion")

@@ -7,7 +7,6 @@ counts, round-robin assignment, memory shares); the worker pool itself runs on t
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -15,18 +14,17 @@ import pytest
 import torch
 
 from imerbench import runner
-from imerbench.cli import main
-from imerbench.grid import grid_from_dict
-from imerbench.results import ResultStore
-from imerbench.runner import (
+from imerbench.devices import (
     CONTEXT_RESERVE,
     JOBS_PER_DEVICE,
-    RunOptions,
     assign_devices,
     limit_device_memory,
     memory_fraction,
-    run_grid,
 )
+from imerbench.grid import grid_from_dict
+from imerbench.plan import RunOptions
+from imerbench.results import ResultStore
+from imerbench.runner import run_grid
 
 
 @pytest.fixture
@@ -85,21 +83,10 @@ def test_memory_shares_fit_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == [(memory_fraction(4), torch.device("cuda:1"))]
 
 
-def run_cli(monkeypatch: pytest.MonkeyPatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["imerbench", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_cli_passes_jobs_per_device_and_refuses_negative(
-    monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
+    run_cli, monkeypatch: pytest.MonkeyPatch, capsys, tmp_path: Path
 ) -> None:
-    code, _, err = run_cli(monkeypatch, capsys, "run", "--jobs-per-device", "-1", "--dry-run")
+    code, _, err = run_cli("run", "--jobs-per-device", "-1", "--dry-run")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--jobs-per-device -1" in err
     seen: list[RunOptions] = []
 
@@ -109,9 +96,9 @@ def test_cli_passes_jobs_per_device_and_refuses_negative(
 
     monkeypatch.setattr(runner, "run_grid", fake_run_grid)
     args = ["run", "--methods", "early-fusion", "--device", "cpu", "--out", str(tmp_path)]
-    code, _, _ = run_cli(monkeypatch, capsys, *args, "--jobs-per-device", "3")
+    code, _, _ = run_cli(*args, "--jobs-per-device", "3")
     assert code == 0 and seen[-1].jobs_per_device == 3 and seen[-1].executor == "local"
-    code, _, _ = run_cli(monkeypatch, capsys, *args)
+    code, _, _ = run_cli(*args)
     assert code == 0 and seen[-1].jobs_per_device == 0
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tiny_corpus import tiny_corpus
+from tiny_corpus import splits_for, tiny_corpus
 
-from imerbench.batch import SplitData
-from imerbench.masks import MaskStore, parse_mask_spec
-from imerbench.registry import _REGISTRY, create_method
+from imerbench.grid import default_grid
+from imerbench.masks import parse_mask_spec
+from imerbench.registry import create_method, unregister_method
+from imerbench.results import read_results
 from imerbench.training import train_cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,10 +28,32 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert commands[0] in ci.splitlines()
 
 
-def test_readme_main_command_runs_the_default_grid() -> None:
+def test_readme_main_command_runs_the_default_grid(run_cli, tmp_path, monkeypatch) -> None:
+    """The README's first command, after its setup, is `imerbench run`: run it for real from
+    an empty folder, reduced to one method, one missing rate and one epoch (the options only
+    shrink the built-in grid), and find what the README promises: ./runs/quick/ with its rows,
+    and a leaderboard with the synthetic corpus's Bayes limit."""
     first = code_blocks("bash")[0].strip()
-    assert first.endswith("imerbench run")
-    assert "pip install torch==2.13.0" in first
+    setup, _, main = first.rpartition(" && ")
+    assert main == "imerbench run"
+    assert "pip install torch==2.13.0" in setup and "pip install -e ." in setup
+    monkeypatch.chdir(tmp_path)
+    reduced = [
+        "--methods",
+        "early-fusion",
+        "--missing-rates",
+        "0.5",
+        "--epochs",
+        "1",
+        "--jobs",
+        "1",
+    ]
+    code, out, err = run_cli(*main.split()[1:], *reduced)
+    assert code == 0, err
+    assert "Bayes limit" in out and "early-fusion" in out
+    rows = read_results(tmp_path / "runs" / "quick")
+    assert set(rows["dataset"]) == {"synthetic"} and set(rows["method"]) == {"early-fusion"}
+    assert set(rows["seed"]) == set(default_grid().seeds) and (rows["status"] == "ok").all()
 
 
 def test_readme_example_method_registers_and_learns() -> None:
@@ -39,13 +62,8 @@ def test_readme_example_method_registers_and_learns() -> None:
         exec(compile(example, "README.md", "exec"), {"__name__": "readme_example"})
         method = create_method("my-method", "quick", epochs=15)
         corpus = tiny_corpus(num_dialogues=48, seed=3)
-        spec, store = parse_mask_spec("0.0"), MaskStore(None)
-        splits = {}
-        for split in ("train", "val", "test"):
-            splits[split] = SplitData(corpus, corpus.fold(0).get(split), "cpu")
-            if split != "train":
-                splits[split].set_mask(store.get(corpus, 0, split, spec, 0))
+        spec, splits = parse_mask_spec("0.0"), splits_for(corpus)
         outcome = train_cell(method, corpus, splits, fold=0, mask=spec, seed=0, primary="wa")
         assert outcome.selected["val"].test["fused"]["wa"] > 0.7
     finally:
-        _REGISTRY.pop("my-method", None)
+        unregister_method("my-method")

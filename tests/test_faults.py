@@ -24,14 +24,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_runner import KEY, TOKEN_VAR, claims_under, cli, small_grid, wait_for_no_orphans
+from processes import KEY, TOKEN_VAR, claims_under, cli, wait_for_no_orphans
 
 from imerbench import results
+from imerbench.compute import CellReport
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Grid, grid_from_dict
 from imerbench.leaderboard import leaderboards, render
 from imerbench.method import Method, Param
-from imerbench.registry import _REGISTRY, register_method
+from imerbench.plan import RunOptions, cell_config, cell_folder, cell_method, config_hash
+from imerbench.registry import register_method, unregister_method
 from imerbench.results import (
     COLUMNS,
     Claim,
@@ -41,15 +43,7 @@ from imerbench.results import (
     read_results,
     release_claim,
 )
-from imerbench.runner import (
-    CellReport,
-    RunOptions,
-    cell_config,
-    cell_folder,
-    cell_method,
-    config_hash,
-    run_grid,
-)
+from imerbench.runner import run_grid
 
 HOST = socket.gethostname()
 
@@ -160,7 +154,7 @@ def first_cell_folder(grid: Grid, out: Path) -> Path:
     )
 
 
-def test_a_cell_claimed_by_a_live_process_is_left_to_it(tmp_path: Path) -> None:
+def test_a_cell_claimed_by_a_live_process_is_left_to_it(small_grid, tmp_path: Path) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.0, 0.5])
     folder = first_cell_folder(grid, tmp_path)
     folder.mkdir(parents=True)
@@ -270,7 +264,7 @@ def assert_finished_cells_intact(out: Path, finished: int) -> None:
 
 
 def test_full_disk_stops_the_run_and_a_rerun_completes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.0, 0.3, 0.5])
     monkeypatch.setattr(results, "_cell_writes", 0)
@@ -347,7 +341,7 @@ class ReadOnlyFolder:
 
 
 def test_read_only_folder_stops_the_run_and_a_rerun_completes_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.0, 0.5])
     with monkeypatch.context() as patch:
@@ -410,15 +404,16 @@ class FailingMethod(Method):
     def build(self, spec: Any) -> torch.nn.Module:
         from imerbench.methods.fusion import EarlyFusionNet
 
-        self.epoch = 0
-        return EarlyFusionNet(spec, 8, 0.0)
+        model = EarlyFusionNet(spec, 8, 0.0)
+        model.epochs_done = 0  # the run's state lives in its model
+        return model
 
-    def on_epoch_end(self, model: Any, epoch: int, stage: str, val_scores: Any) -> None:
-        self.epoch = epoch + 1
+    def on_epoch_end(self, model: Any, epoch: int, stage: str, val_scores: Any, ctx: Any) -> None:
+        model.epochs_done = epoch + 1
 
     def loss(self, model: Any, out: Any, batch: Any, stage: str) -> torch.Tensor:
         loss = super().loss(model, out, batch, stage)
-        return self.fail(loss) if self.epoch >= self.hp["fail_epoch"] else loss
+        return self.fail(loss) if model.epochs_done >= self.hp["fail_epoch"] else loss
 
     def fail(self, loss: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -449,11 +444,11 @@ def failing_methods() -> Iterator[list[str]]:
         register_method(name)(cls)
     yield list(FAILING)
     for name in FAILING:
-        del _REGISTRY[name]
+        unregister_method(name)
 
 
 def test_out_of_memory_and_infinite_loss_fail_their_cell_and_the_table_shows_it(
-    tmp_path: Path, failing_methods: list[str]
+    small_grid, tmp_path: Path, failing_methods: list[str]
 ) -> None:
     from typer.testing import CliRunner
 
@@ -512,7 +507,7 @@ def test_partly_failed_scores_are_marked_with_a_count(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_out_of_memory_frees_the_device_for_the_next_cell(tmp_path: Path) -> None:
+def test_cuda_out_of_memory_frees_the_device_for_the_next_cell(small_grid, tmp_path: Path) -> None:
     gib = 1 << 30
 
     @register_method("test-cuda-hog")
@@ -532,7 +527,7 @@ def test_cuda_out_of_memory_frees_the_device_for_the_next_cell(tmp_path: Path) -
         assert reports[0].summary.startswith("out of memory: CUDA out of memory")
         assert torch.cuda.memory_allocated() < gib and torch.cuda.memory_reserved() < gib
     finally:
-        del _REGISTRY["test-cuda-hog"]
+        unregister_method("test-cuda-hog")
 
 
 # ---- determinism and provenance --------------------------------------------------------------
@@ -559,7 +554,7 @@ def grid_from_cell_json(meta: dict[str, Any]) -> Grid:
     return grid_from_dict(raw, "cell.json")
 
 
-def test_a_cell_reruns_from_its_cell_json_to_identical_rows(tmp_path: Path) -> None:
+def test_a_cell_reruns_from_its_cell_json_to_identical_rows(small_grid, tmp_path: Path) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.5], epochs=2)
     run_grid(grid, RunOptions(out=tmp_path / "a", device="cpu", save_weights=False))
     (first,) = (tmp_path / "a").glob("cells/*/*/*")

@@ -22,7 +22,7 @@ from imerbench.masks import (
     train_mask,
 )
 
-# The protocol page's table (specs/data-and-protocol.md, section 3), measured by running the
+# The table of docs/protocol.md (section 3), measured by running the
 # released procedure: MR -> (realized missing, P(1 present), P(2 present), P(3 present)).
 PROTOCOL_TABLE: dict[float, tuple[float, float, float, float]] = {
     0.0: (0.000, 0.000, 0.000, 1.000),

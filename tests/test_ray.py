@@ -7,24 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from processes import KEY
 
-from imerbench.grid import grid_from_dict
 from imerbench.results import COLUMNS
 from imerbench.runner import RunOptions, run_grid
-
-KEY = ["method", "dataset", "fold", "missing_rate", "seed", "selection", "condition", "output",
-       "metric"]  # fmt: skip
-
-
-def small_grid():
-    raw = {"name": "t", "methods": ["early-fusion", "unimodal-t"], "datasets": ["synthetic"],
-           "missing_rates": [0.0, 0.5], "seeds": [0], "epochs": 1}  # fmt: skip
-    return grid_from_dict(raw, "test")
 
 
 @pytest.mark.slow
 def test_ray_retries_a_killed_cell_and_writes_every_cell_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ray = pytest.importorskip("ray")
     from imerbench.ray_executor import KILL_CELL_ENV, RAY_MAX_RETRIES

@@ -6,18 +6,24 @@ import os
 import random
 import signal
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
+from processes import (
+    KEY,
+    TOKEN_VAR,
+    claimed_since,
+    claims_under,
+    cli,
+    processes_with_token,
+    wait_for_no_orphans,
+)
 
-from imerbench.grid import grid_from_dict
 from imerbench.method import Method
-from imerbench.registry import _REGISTRY, register_method
+from imerbench.registry import register_method, unregister_method
 from imerbench.results import (
     COLUMNS,
     ResultStore,
@@ -27,18 +33,8 @@ from imerbench.results import (
 )
 from imerbench.runner import RunOptions, run_grid
 
-KEY = ["method", "dataset", "fold", "missing_rate", "seed", "selection", "condition", "output",
-       "metric"]  # fmt: skip
 
-
-def small_grid(**extra: object):
-    raw = {"name": "t", "methods": ["early-fusion", "unimodal-t"], "datasets": ["synthetic"],
-           "missing_rates": [0.0, 0.5], "seeds": [0], "epochs": 1}  # fmt: skip
-    raw.update(extra)
-    return grid_from_dict(raw, "test")
-
-
-def test_rows_are_tidy_and_a_rerun_skips_finished_cells(tmp_path: Path) -> None:
+def test_rows_are_tidy_and_a_rerun_skips_finished_cells(small_grid, tmp_path: Path) -> None:
     reports = []
     store = run_grid(small_grid(), RunOptions(out=tmp_path, device="cpu"), reports.append)
     df = pd.read_csv(store.merged_path)
@@ -78,7 +74,7 @@ def nan_method():
             return out.fused.sum() * torch.tensor(float("nan"))
 
     yield "test-nan"
-    del _REGISTRY["test-nan"]
+    unregister_method("test-nan")
 
 
 def _registry_model(spec):
@@ -87,7 +83,9 @@ def _registry_model(spec):
     return EarlyFusionNet(spec, 8, 0.0)
 
 
-def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path: Path, nan_method: str) -> None:
+def test_failed_cell_is_recorded_and_the_grid_goes_on(
+    small_grid, tmp_path: Path, nan_method: str
+) -> None:
     grid = small_grid(methods=[nan_method, "early-fusion"], missing_rates=[0.3])
     reports = []
     run_grid(grid, RunOptions(out=tmp_path, device="cpu"), reports.append)
@@ -106,66 +104,6 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(tmp_path: Path, nan_method
     assert [r.status for r in retried] == ["skipped", "failed"]
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", "from imerbench.cli import main; main()", *args],
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-TOKEN_VAR = "IMERBENCH_TEST_TOKEN"  # marks every process a test started, workers included
-
-
-def processes_with_token(token: str) -> dict[int, str]:
-    """Live processes whose environment carries `TOKEN_VAR=token` (pid -> command line).
-    Workers inherit the environment, so this finds a killed run's orphans; zombies have no
-    readable environment and are dead anyway."""
-    found = {}
-    needle = f"{TOKEN_VAR}={token}".encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in environ.split(b"\0"):
-            found[int(entry.name)] = cmdline.replace(b"\0", b" ").decode(errors="replace")
-    return found
-
-
-def wait_for_no_orphans(token: str, timeout: float = 20.0) -> dict[int, str]:
-    """What still runs after `timeout` s (a killed worker dies as soon as the kernel
-    delivers its parent-death signal; the resource tracker exits when its pipe closes)."""
-    deadline = time.monotonic() + timeout
-    alive = processes_with_token(token)
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.1)
-        alive = processes_with_token(token)
-    return alive
-
-
-def claims_under(out: Path) -> list[Path]:
-    return sorted(out.glob("cells/*/*/*/claim"))
-
-
-def claimed_since(out: Path, since: float) -> set[Path]:
-    """The cells of `out` that hold a claim made (or taken over) at or after `since`."""
-    found = set()
-    for claim in claims_under(out):
-        try:
-            if claim.stat().st_mtime >= since:
-                found.add(claim.parent)
-        except FileNotFoundError:  # released meanwhile
-            continue
-    return found
-
-
-@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     """20 runs killed with SIGKILL: one during a held rows write, the others at random
     moments (from the start, or once a cell is claimed), some with two pool workers. Then
@@ -251,7 +189,7 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     assert not wait_for_no_orphans(token, timeout=5.0)
 
 
-def test_saved_weights_rescore_to_the_recorded_rows(tmp_path: Path) -> None:
+def test_saved_weights_rescore_to_the_recorded_rows(small_grid, tmp_path: Path) -> None:
     from imerbench.rescore import rescore_cell
 
     grid = small_grid(methods=["late-fusion"], missing_rates=[0.5], epochs=2)

@@ -26,7 +26,7 @@ def speed() -> ModuleType:
 
 
 def test_mosei_sized_labels_have_mosei_numbers(speed: ModuleType, tmp_path: Path) -> None:
-    """3,228 videos and 22,856 utterances (specs/data-and-protocol.md), split about
+    """3,228 videos and 22,856 utterances (docs/protocol.md, section 1), split about
     16,326 / 1,871 / 4,659 utterances, in the 7-item layout the safe reader accepts."""
     speed.write_mosei_like(tmp_path / "labels.pkl")
     ids, labels, speakers, sentences, train, val, test = load_label_pickle(tmp_path / "labels.pkl")

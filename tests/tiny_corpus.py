@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from imerbench.corpus import MODALITIES, Corpus, Fold
+from imerbench.batch import SplitData
+from imerbench.corpus import MODALITIES, Corpus, Fold, without_validation
+from imerbench.masks import MaskStore, parse_mask_spec
 
 
 def tiny_corpus(
@@ -50,3 +52,24 @@ def tiny_corpus(
         folds=(fold,),
         pad_length=int(lengths.max()) + 2,
     )
+
+
+def splits_for(
+    corpus: Corpus,
+    spec: str = "0.0",
+    *,
+    seed: int = 0,
+    pad_to: int | None = None,
+    with_val: bool = True,
+) -> dict[str, SplitData]:
+    """Fold 0's splits on the CPU as the runner builds them: the stored evaluation masks of
+    (`spec`, `seed`) set on validation and test; without validation for the paper protocol."""
+    store, mask = MaskStore(None), parse_mask_spec(spec)
+    fold = corpus.fold(0) if with_val else without_validation(corpus.fold(0))
+    out = {}
+    for split in ("train", "val", "test") if with_val else ("train", "test"):
+        data = SplitData(corpus, fold.get(split), "cpu", pad_to=pad_to)
+        if split != "train":
+            data.set_mask(store.get(corpus, 0, split, mask, seed))
+        out[split] = data
+    return out

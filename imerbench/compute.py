@@ -1,0 +1,295 @@
+"""Computing a cell: train and score it, and turn the outcome (or the failure) into its rows
+and files, without touching its folder."""
+
+from __future__ import annotations
+
+import gc
+import io
+import json
+import math
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from imerbench.batch import SplitData
+from imerbench.corpus import Corpus, Fold, without_validation
+from imerbench.datasets import DatasetInfo, load_dataset, resolve_dataset
+from imerbench.devices import describe_device, resolve_device
+from imerbench.errors import ImerbenchError
+from imerbench.grid import Cell, Grid
+from imerbench.masks import MaskSpec, MaskStore, realized_missing_rate
+from imerbench.method import Method
+from imerbench.plan import RunOptions, cell_config, cell_method, config_hash
+from imerbench.provenance import code_version, provenance
+from imerbench.results import (
+    SCHEMA_VERSION,
+)
+from imerbench.training import CellFailure, TrainOutcome, train_cell
+
+
+@dataclass
+class CellReport:
+    """What the CLI prints for a finished (or skipped) cell."""
+
+    cell: Cell
+    status: str  # ok | failed | skipped | claimed (running in another process)
+    summary: str = ""
+    seconds: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Workspace:
+    """A worker's caches: corpora, their device tensors and the stored masks."""
+
+    def __init__(self, grid: Grid, options: RunOptions) -> None:
+        self.grid = grid
+        self.options = options
+        self.device = resolve_device(options.device)
+        self.masks = MaskStore(options.out / "masks")
+        self._corpora: dict[str, Corpus] = {}
+        self._splits: dict[tuple[Any, ...], SplitData] = {}
+
+    def corpus(self, dataset: str) -> Corpus:
+        if dataset not in self._corpora:
+            self._corpora[dataset] = load_dataset(
+                dataset,
+                self.grid.data_root,
+                missing_features=self.options.missing_features,
+                widths=self.grid.widths,
+            )
+        return self._corpora[dataset]
+
+    def fold(self, info: DatasetInfo, corpus: Corpus, k: int, protocol: str) -> Fold:
+        fold = corpus.fold(k)
+        if protocol == "paper":
+            merged = without_validation(fold)
+            return merged if info.paper_merges_val else Fold(fold.train, fold.val[:0], fold.test)
+        return fold
+
+    def splits(self, cell: Cell, method: Method) -> dict[str, SplitData]:
+        """Device tensors of the cell's splits, with the stored evaluation masks set."""
+        info = resolve_dataset(cell.dataset)
+        corpus = self.corpus(cell.dataset)
+        fold = self.fold(info, corpus, cell.fold, cell.protocol)
+        pad_to = corpus.pad_length if method.fixed_length else None
+        out = {}
+        for split in ("train", "val", "test"):
+            dialogues = fold.get(split)
+            if split == "val" and len(dialogues) == 0:
+                continue
+            key = (cell.dataset, cell.fold, cell.protocol, split, pad_to)
+            if key not in self._splits:
+                self._splits[key] = SplitData(corpus, dialogues, self.device, pad_to=pad_to)
+            data = self._splits[key]
+            if split != "train":
+                data.set_mask(self.masks.get(corpus, cell.fold, split, cell.mask, cell.seed))
+            out[split] = data
+        return out
+
+
+def run_context(ws: Workspace, digest: str) -> dict[str, Any]:
+    """The cell.json entries beside the config: where the data came from, the config's
+    hash (the rows' `config_hash`) and the provenance."""
+    return {
+        "data_root": ws.grid.data_root,
+        "missing_features": ws.options.missing_features,
+        "precision": ws.grid.precision,
+        "config_hash": digest,
+        "provenance": provenance(ws.device),
+    }
+
+
+def outcome_rows(
+    cell: Cell, outcome: TrainOutcome, base: dict[str, Any], realized: float
+) -> list[dict[str, Any]]:
+    """One row per (selection, condition, output, metric) of a finished cell."""
+    rows = []
+    for selected in outcome.selected.values():
+        scored = {"mask": selected.test, **selected.conditions}
+        for condition, scores in scored.items():
+            for output, values in scores.items():
+                for metric, value in values.items():
+                    rows.append(
+                        base
+                        | {
+                            "selection": selected.selection,
+                            "condition": condition,
+                            "output": output,
+                            "metric": metric,
+                            "value": value,
+                            "epoch": selected.epoch,
+                            "realized_missing_rate": realized,
+                            "status": "ok",
+                            "error": "",
+                        }
+                    )
+    return rows
+
+
+def nominal_missing_rate(mask: MaskSpec) -> float:
+    if mask.rate is not None:
+        return mask.rate
+    if mask.condition is not None:
+        return 1.0 - len(mask.condition) / 3
+    assert mask.rates is not None
+    return float(np.mean(mask.rates))
+
+
+@dataclass
+class CellResult:
+    """A computed cell not yet written: its rows (in the report) and the other files of its
+    folder, so that one process can write every cell (the Ray executor's driver)."""
+
+    report: CellReport
+    digest: str
+    files: dict[str, str | bytes] = field(default_factory=dict)  # name -> content
+
+
+def log_line(message: str) -> str:
+    return f"{time.strftime('%H:%M:%S')} {message}\n"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, (MemoryError, torch.cuda.OutOfMemoryError))
+
+
+def failure_message(exc: BaseException, limit: int = 500) -> str:
+    """A failed cell's `error`, on one line; out-of-memory errors say so first, so that
+    they read the same on the CPU and on CUDA."""
+    detail = " ".join(str(exc).split())
+    if is_out_of_memory(exc):
+        message = f"out of memory: {detail or type(exc).__name__}"
+    else:
+        message = f"{type(exc).__name__}: {detail}"
+    return message if len(message) <= limit else message[: limit - 3] + "..."
+
+
+def free_memory(exc: BaseException, device: torch.device) -> None:
+    """After an out-of-memory error, drop what the failed cell still holds (its tensors
+    live on in the traceback's frames) so that the next cell starts with the memory free."""
+    exc.__traceback__ = None
+    if exc.__context__ is not None:
+        exc.__context__.__traceback__ = None
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def row_base(cell: Cell, method: Method, digest: str, device: str, attempts: int) -> dict[str, Any]:
+    """The columns every row of a cell shares."""
+    return {
+        "schema": SCHEMA_VERSION,
+        "method": cell.method.label,
+        "dataset": cell.dataset,
+        "fold": cell.fold,
+        "missing_rate": nominal_missing_rate(cell.mask),
+        "mask": str(cell.mask),
+        "seed": cell.seed,
+        "epochs": method.hp["epochs"],
+        "device": device,
+        "config_hash": digest,
+        "code_version": code_version(),
+        "attempts": attempts,
+        **method.info.columns(),
+    }
+
+
+def failed_row(base: dict[str, Any], message: str, seconds: float) -> dict[str, Any]:
+    """The one row of a cell that failed."""
+    return base | {
+        "selection": "",
+        "condition": "",
+        "output": "",
+        "metric": "",
+        "value": math.nan,
+        "epoch": "",
+        "realized_missing_rate": math.nan,
+        "train_seconds": seconds,
+        "parameters": "",
+        "status": "failed",
+        "error": message,
+    }
+
+
+def compute_cell(
+    cell: Cell, ws: Workspace, log: Callable[[str], None], attempts: int = 1
+) -> CellResult:
+    """Train one cell without touching its folder; a failure becomes a `failed` row, not a
+    crash. `attempts`: how many times the cell has been started, this time included."""
+    method = cell_method(cell)
+    config = cell_config(cell, method, ws.grid)
+    digest = config_hash(config)
+    info = resolve_dataset(cell.dataset)
+    base = row_base(cell, method, digest, describe_device(ws.device), attempts)
+    start = time.perf_counter()
+    precision = ws.grid.precision
+    log(f"cell {cell.describe()} ({cell.protocol} protocol) on {base['device']}, {precision}")
+    log(f"config {json.dumps(config, sort_keys=True, default=str)}")
+    try:
+        splits = ws.splits(cell, method)
+        realized = realized_missing_rate(
+            ws.masks.get(ws.corpus(cell.dataset), cell.fold, "test", cell.mask, cell.seed)
+        )
+        outcome = train_cell(
+            method,
+            ws.corpus(cell.dataset),
+            splits,
+            fold=cell.fold,
+            mask=cell.mask,
+            seed=cell.seed,
+            primary=info.primary_metric,
+            precision=precision,
+            log=log,
+        )
+    except (
+        CellFailure,
+        ImerbenchError,
+        RuntimeError,
+        ValueError,
+        FloatingPointError,
+        MemoryError,
+    ) as exc:
+        log(traceback.format_exc())
+        message = failure_message(exc)
+        if is_out_of_memory(exc):
+            free_memory(exc, ws.device)
+        row = failed_row(base, message, time.perf_counter() - start)
+        report = CellReport(cell, "failed", message, time.perf_counter() - start, [row])
+        meta = config | method.info.columns() | run_context(ws, digest) | {"error": message}
+        return CellResult(report, digest, {"cell.json": json.dumps(meta, indent=2, default=str)})
+    base |= {"train_seconds": outcome.train_seconds, "parameters": outcome.parameters}
+    rows = outcome_rows(cell, outcome, base, realized)
+    meta = config | method.info.columns() | run_context(ws, digest)
+    files = artifact_files(meta, outcome, ws.options.save_weights)
+    primary = info.primary_metric
+    shown = [
+        f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch + 1})"
+        for sel, s in outcome.selected.items()
+    ]
+    report = CellReport(cell, "ok", ", ".join(shown), time.perf_counter() - start, rows)
+    return CellResult(report, digest, files)
+
+
+def artifact_files(
+    config: dict[str, Any], outcome: TrainOutcome, save_weights: bool
+) -> dict[str, str | bytes]:
+    """The config, per-epoch curves, diagnostics and selected weights of a cell."""
+    meta = config | {
+        "diagnostics": outcome.diagnostics,
+        "selected_epochs": {k: s.epoch for k, s in outcome.selected.items()},
+    }
+    files: dict[str, str | bytes] = {"cell.json": json.dumps(meta, indent=2, default=str)}
+    lines = ["epoch,stage,split,condition,output,metric,value"]
+    lines += [",".join(map(str, row)) for row in outcome.history]
+    files["curves.csv"] = "\n".join(lines) + "\n"
+    if save_weights:
+        for name, selected in outcome.selected.items():
+            buffer = io.BytesIO()
+            torch.save({k: v.cpu() for k, v in selected.state.items()}, buffer)
+            files[f"weights-{name}.pt"] = buffer.getvalue()
+    return files

@@ -164,16 +164,26 @@ def run(
 
 
 @app.command("list")
-def list_() -> None:
-    """Registered methods, datasets and built-in grids."""
+def list_(
+    method: Annotated[
+        str | None, typer.Argument(help="a method id: its hyper-parameters and profiles")
+    ] = None,
+) -> None:
+    """Registered methods, datasets and built-in grids; or one method in detail."""
     from importlib import resources
 
     from imerbench.datasets import DATASETS
     from imerbench.registry import get_entry, list_methods
 
+    if method is not None:
+        show_method(method)
+        return
     console.print("[bold]methods")
     for name in list_methods():
-        console.print(f"  {name:16s} {get_entry(name).description}")
+        info = get_entry(name).info
+        role = f"{info.role} {info.ceiling_of}".strip()
+        paper = f" [published as {info.paper_name}]" if info.paper_name else ""
+        console.print(escape(f"  {name:16s} {role:11s} {info.description}{paper}"))
     console.print("[bold]datasets")
     for info in DATASETS.values():
         alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
@@ -184,6 +194,39 @@ def list_() -> None:
         if entry.name.endswith(".toml"):
             console.print(f"  {entry.name[:-5]} (built in)")
     console.print("  or any grid file: imerbench run benchmarks/grids/paper.toml")
+    console.print("details of one method: imerbench list METHOD")
+
+
+def show_method(name: str) -> None:
+    """A method's registration, stages and every hyper-parameter: its default, the values
+    allowed, and each profile's value where the profile changes it."""
+    from rich.table import Table
+
+    from imerbench.method import known_profiles
+    from imerbench.registry import get_entry
+
+    entry = get_entry(name)
+    info, cls = entry.info, entry.cls
+    role = f"{info.role} of modality {info.ceiling_of}" if info.ceiling_of else info.role
+    paper = f", published as {info.paper_name}" if info.paper_name else ""
+    console.print(escape(f"{name}: {info.description}"))
+    console.print(escape(f"role: {role}{paper}; stages: {' -> '.join(cls.stages)}"))
+    profiles = known_profiles()
+    table = Table("hyper-parameter", "default", "allowed", *profiles, "help", box=None)
+    for key, param in cls.all_params().items():
+        if key in entry.fixed:
+            allowed = f"fixed: {entry.fixed[key]!r}"
+        elif param.choices is not None:
+            allowed = ", ".join(map(repr, param.choices))
+        else:
+            bounds = [f">= {param.low:g}"] if param.low is not None else []
+            bounds += [f"<= {param.high:g}"] if param.high is not None else []
+            allowed = ", ".join(bounds) or type(param.default).__name__
+        values = [repr(cls.profiles.get(p, {}).get(key, "")) if key in cls.profiles.get(p, {})
+                  else "" for p in profiles]  # fmt: skip
+        cells = [key, repr(param.default), allowed, *values, param.help]
+        table.add_row(*map(escape, cells))
+    console.print(table)
 
 
 @app.command()

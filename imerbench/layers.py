@@ -1,10 +1,66 @@
-"""Building blocks shared by several methods (one implementation, not copies)."""
+"""Building blocks shared by several methods (one implementation, not copies).
+
+Layers work on a batch's [B, L, D] grid of utterances; the attention layers can also work on
+packed rows (`Rows`): the real utterances only, as one flat axis [R, D], which saves the work
+on padding wherever rows meet only in key-masked attention.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from imerbench.corpus import MODALITIES
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The utterance rows a model computes, as one flat axis [R, ...].
+
+    Dense: every position of the batch's [B, L] grid, padding included. Packed: the real
+    utterances only. Where rows meet only in attention whose padded keys are masked (and in
+    row-wise layers), a real row's values are the same either way, and so are losses and
+    predictions that read real rows only; packed, the outputs are 0 at padded positions.
+    """
+
+    batch: int  # B
+    length: int  # L
+    index: Tensor | None  # [R] positions in the flattened [B, L] grid; None: all of them
+    keys: dict[str, Tensor]  # modality -> [B, L] keys its stream may attend to
+    keep: dict[str, Tensor]  # modality -> [R] rows where it is present
+
+    @classmethod
+    def of(cls, valid: Tensor, keep: Tensor, packed: bool) -> Rows:
+        # valid: [B, L]; keep: [B, L, 3] (present and real)
+        b, length = valid.shape
+        index = valid.flatten().nonzero().squeeze(1) if packed else None
+        keys = {m: keep[..., k] for k, m in enumerate(MODALITIES)}
+        flat = keep.flatten(0, 1) if index is None else keep.flatten(0, 1).index_select(0, index)
+        return cls(b, length, index, keys, {m: flat[:, k] for k, m in enumerate(MODALITIES)})
+
+    def rows(self, grid: Tensor) -> Tensor:
+        """[B, L, ...] -> [R, ...]"""
+        flat = grid.flatten(0, 1)
+        return flat if self.index is None else flat.index_select(0, self.index)
+
+    def grid(self, rows: Tensor) -> Tensor:
+        """[R, ...] -> [B, L, ...], 0 at the positions not computed."""
+        if self.index is not None:
+            shape = (self.batch * self.length, *rows.shape[1:])
+            rows = rows.new_zeros(shape).index_copy(0, self.index, rows)
+        return rows.unflatten(0, (self.batch, self.length))
+
+    def twice(self) -> Rows:
+        """The same rows of a batch stacked on itself (2B dialogues)."""
+        index = None
+        if self.index is not None:
+            index = torch.cat([self.index, self.index + self.batch * self.length])
+        keys = {m: k.repeat(2, 1) for m, k in self.keys.items()}
+        keep = {m: k.repeat(2) for m, k in self.keep.items()}
+        return Rows(2 * self.batch, self.length, index, keys, keep)
 
 
 class Mlp(nn.Module):
@@ -19,6 +75,15 @@ class Mlp(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+def twin_mlp(first: Mlp, second: Mlp, x: Tensor) -> tuple[Tensor, Tensor]:
+    """Two `Mlp`s of the same shape on the same input, their first layers as one product."""
+    weight = torch.cat([first.fc1.weight, second.fc1.weight])
+    bias = torch.cat([first.fc1.bias, second.fc1.bias])
+    hidden = first.drop(first.act(F.linear(x, weight, bias)))
+    one, two = hidden.chunk(2, dim=-1)
+    return first.drop(first.fc2(one)), second.drop(second.fc2(two))
 
 
 class KeyMaskedAttention(nn.Module):
@@ -53,6 +118,14 @@ class KeyMaskedAttention(nn.Module):
         b, n, d = x.shape
         q, k, v = (t.view(b, n, self.heads, d // self.heads).transpose(1, 2) for t in self.qkv(x))
         out = self.attend(q, k, v, key_mask)  # [B, L, D]
+        return out + self.mlp(out)
+
+    def forward_rows(self, x: Tensor, rows: Rows, key_mask: Tensor) -> Tensor:
+        """`forward` over rows [R, D]: the same arithmetic, queries only where computed."""
+        b, n, d, h = rows.batch, rows.length, x.shape[-1], self.heads
+        # [R, D] -> [B, H, L, D/H] each
+        q, k, v = (rows.grid(t).view(b, n, h, d // h).transpose(1, 2) for t in self.qkv(x))
+        out = rows.rows(self.attend(q, k, v, key_mask))  # [R, D]
         return out + self.mlp(out)
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -112,4 +185,12 @@ class ExpertStack(nn.Module):
         # x: [B, L, D]; key_mask: [B, L] bool
         for layer in self.layers:
             x = x + layer[expert](x, key_mask)
+        return x
+
+    def forward_rows(self, x: Tensor, expert: str, rows: Rows) -> Tensor:
+        """`forward` over rows [R, D], with the expert's modality's keys in `rows`."""
+        for layer in self.layers:
+            attention = layer[expert]
+            assert isinstance(attention, KeyMaskedAttention)
+            x = x + attention.forward_rows(x, rows, rows.keys[expert])
         return x

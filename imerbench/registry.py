@@ -80,6 +80,12 @@ def _load_all() -> None:
         return
     _loaded = True
     importlib.import_module("imerbench.methods")
+    discover_plugins()
+
+
+def discover_plugins() -> None:
+    """Import every module named in the `imerbench.methods` entry points (their import
+    registers their methods); the registry does it once, on first use."""
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()

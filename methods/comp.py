@@ -85,7 +85,7 @@ from torch import Tensor, nn
 
 from imerbench.batch import Batch
 from imerbench.corpus import MODALITIES
-from imerbench.layers import ExpertStack, KeyMaskedAttention, Mlp
+from imerbench.layers import ExpertStack, Mlp, Rows, twin_mlp
 from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
@@ -164,82 +164,6 @@ def convert_released_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ---- the model --------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Rows:
-    """The utterance rows that the layers after the encoders compute, as one flat axis [R, ...].
-
-    Dense: every position of the batch's [B, L] grid, padding included (what the released model
-    computes). Packed: the real utterances only. After the encoders, rows meet only in
-    attention, whose padded keys are masked, and in the prompt mix, which reads one row and the
-    prototypes; so a real row's values are the same either way, and the losses and predictions
-    read real rows only. Packed, the outputs are 0 at padded positions.
-    """
-
-    batch: int  # B
-    length: int  # L
-    index: Tensor | None  # [R] positions in the flattened [B, L] grid; None: all of them
-    keys: dict[str, Tensor]  # modality -> [B, L] keys its stream may attend to
-    keep: dict[str, Tensor]  # modality -> [R] rows where it is present
-
-    @classmethod
-    def of(cls, valid: Tensor, keep: Tensor, packed: bool) -> Rows:
-        # valid: [B, L]; keep: [B, L, 3] (present and real)
-        b, length = valid.shape
-        index = valid.flatten().nonzero().squeeze(1) if packed else None
-        keys = {m: keep[..., k] for k, m in enumerate(MODALITIES)}
-        flat = keep.flatten(0, 1) if index is None else keep.flatten(0, 1).index_select(0, index)
-        return cls(b, length, index, keys, {m: flat[:, k] for k, m in enumerate(MODALITIES)})
-
-    def rows(self, grid: Tensor) -> Tensor:
-        """[B, L, ...] -> [R, ...]"""
-        flat = grid.flatten(0, 1)
-        return flat if self.index is None else flat.index_select(0, self.index)
-
-    def grid(self, rows: Tensor) -> Tensor:
-        """[R, ...] -> [B, L, ...], 0 at the positions not computed."""
-        if self.index is not None:
-            shape = (self.batch * self.length, *rows.shape[1:])
-            rows = rows.new_zeros(shape).index_copy(0, self.index, rows)
-        return rows.unflatten(0, (self.batch, self.length))
-
-    def twice(self) -> Rows:
-        """The same rows of a batch stacked on itself (2B dialogues)."""
-        index = None
-        if self.index is not None:
-            index = torch.cat([self.index, self.index + self.batch * self.length])
-        keys = {m: k.repeat(2, 1) for m, k in self.keys.items()}
-        keep = {m: k.repeat(2) for m, k in self.keep.items()}
-        return Rows(2 * self.batch, self.length, index, keys, keep)
-
-
-def attend(layer: KeyMaskedAttention, x: Tensor, rows: Rows, keys: Tensor) -> Tensor:
-    """`KeyMaskedAttention` over rows [R, D]: the same arithmetic, queries where computed."""
-    b, n, d, h = rows.batch, rows.length, x.shape[-1], layer.heads
-    # [R, D] -> [B, H, L, D/H] each
-    q, k, v = (rows.grid(t).view(b, n, h, d // h).transpose(1, 2) for t in layer.qkv(x))
-    out = rows.rows(layer.attend(q, k, v, keys))  # [R, D]
-    return out + layer.mlp(out)
-
-
-def twin_mlp(first: nn.Module, second: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
-    """Two `Mlp`s of the same shape on the same input, their first layers as one product."""
-    assert isinstance(first, Mlp) and isinstance(second, Mlp)
-    weight = torch.cat([first.fc1.weight, second.fc1.weight])
-    bias = torch.cat([first.fc1.bias, second.fc1.bias])
-    hidden = first.drop(first.act(F.linear(x, weight, bias)))
-    one, two = hidden.chunk(2, dim=-1)
-    return first.drop(first.fc2(one)), second.drop(second.fc2(two))
-
-
-def through(stack: ExpertStack, x: Tensor, m: str, rows: Rows) -> Tensor:
-    """`ExpertStack` over rows [R, D] with modality m's experts and key mask."""
-    for layer in stack.layers:
-        attention = layer[m]
-        assert isinstance(attention, KeyMaskedAttention)
-        x = x + attend(attention, x, rows, rows.keys[m])
-    return x
-
-
 def pools(batch: int, group: int) -> list[tuple[slice, int]]:
     """The pools of a batch of `batch` dialogues, as (dialogues, pool size): pools of `group`
     consecutive dialogues, the last one shorter where `group` does not divide `batch`."""
@@ -487,13 +411,15 @@ class ComPNet(nn.Module):
             x, heads = {}, {}
             for m in MODALITIES:
                 if not train:
-                    x[m] = through(self.block2, through(self.block1, shared[m], m, rows), m, rows)
+                    x[m] = self.block2.forward_rows(
+                        self.block1.forward_rows(shared[m], m, rows), m, rows
+                    )
                     heads[m] = rows.grid(self.heads[m](x[m]))
                     continue
                 # The shared stream and the private branch share the blocks and heads: one pass.
                 source = self.to_rows(enc, enc.private[m if self.fix_private_copy else "a"], rows)
                 both, twice = torch.cat([shared[m], source]), rows.twice()
-                both = through(self.block2, through(self.block1, both, m, twice), m, twice)
+                both = self.block2.forward_rows(self.block1.forward_rows(both, m, twice), m, twice)
                 x[m] = both[: len(both) // 2]  # [R, D]
                 own, private = self.heads[m](both).chunk(2)
                 heads[m], extras["private_heads"][m] = rows.grid(own), rows.grid(private)
@@ -596,7 +522,7 @@ class ComPNet(nn.Module):
         z, carried = {}, {}  # carried[(u, m)]: u's prompt as carried through m's stream
         for m, (u, w) in OTHERS.items():
             h = self.prop_in1[m](torch.cat([shared[m], prompt1[u], prompt1[w]], dim=-1))
-            h = self.prop_out1[m](through(self.block1, h, m, rows))  # [R, D + 2P]
+            h = self.prop_out1[m](self.block1.forward_rows(h, m, rows))  # [R, D + 2P]
             z[m], carried[u, m], carried[w, m] = h.split([d, p, p], dim=-1)
         prompt2 = {m: self.prompt2[m](z[m], rows, protos[m], bias[m]) for m in MODALITIES}
         x = {}
@@ -604,7 +530,7 @@ class ComPNet(nn.Module):
             pu = self.lbd * carried[u, m] + (1 - self.lbd) * prompt2[u]
             pw = self.lbd * carried[w, m] + (1 - self.lbd) * prompt2[w]
             h = self.prop_in2[m](torch.cat([z[m], pu, pw], dim=-1))
-            x[m] = through(self.block2, h, m, rows)  # [R, D]
+            x[m] = self.block2.forward_rows(h, m, rows)  # [R, D]
         return x, protos
 
     def _record(self, weights: Tensor, valid: Tensor) -> None:

@@ -11,6 +11,7 @@ import pytest
 from imerbench.errors import ImerbenchError
 from imerbench.grid import default_grid, grid_from_dict, load_grid, parse_method_ref
 from imerbench.registry import create_method, list_methods
+from imerbench.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,6 +125,26 @@ def test_cli_run_table_and_list(run_cli, monkeypatch, capsys, tmp_path: Path) ->
     assert "iemocap4" in listing and "IEMOCAPFour" in listing
 
 
+def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    _, listing, _ = run_cli("list")
+    rows = {line.split()[0]: line for line in listing.splitlines() if line.startswith("  ")}
+    assert rows["unimodal-t"].split()[1:3] == ["ceiling", "t"]
+    assert rows["late-fusion"].split()[1] == "reference"
+    assert "[published as ComP]" in rows["comp-ref"] and "published" not in rows["comp"]
+    code, detail, _ = run_cli("list", "comp-ref")
+    assert code == 0
+    assert "role: method, published as ComP; stages: unimodal -> multimodal" in detail
+    header = next(line.split() for line in detail.splitlines() if "hyper-parameter" in line)
+    epochs = next(line.split() for line in detail.splitlines() if line.split()[:1] == ["epochs"])
+    assert epochs[:4] == ["epochs", "20", ">=", "1"]  # name, default, allowed
+    profiles = dict(zip(header[3:7], epochs[4:8], strict=True))
+    assert profiles == {"iemocap": "200", "mosi": "300", "mosei": "100", "quick": "8"}
+    fixed = next(line for line in detail.splitlines() if "fix_modulator" in line)
+    assert "fixed: False" in fixed
+    assert run_cli("list", "comp-rf").err.startswith("error: unknown method 'comp-rf'")
+
+
 def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
     code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
         "--dry-run", "--device", "cpu", "--out", str(tmp_path),
@@ -134,7 +155,9 @@ def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_
     assert not list(tmp_path.glob("cells/*"))  # nothing trained
 
 
-def test_third_party_methods_register_through_entry_points(tmp_path: Path, monkeypatch) -> None:
+def test_third_party_methods_register_through_entry_points(
+    run_cli, tmp_path: Path, monkeypatch
+) -> None:
     import imerbench.registry as registry
 
     package = tmp_path / "thirdparty_imer"
@@ -149,9 +172,15 @@ def test_third_party_methods_register_through_entry_points(tmp_path: Path, monke
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-imer\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[imerbench.methods]\nplugin = thirdparty_imer\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_loaded", False)
     try:
+        registry.discover_plugins()
         assert "plugin-fusion" in registry.list_methods()
         assert registry.create_method("plugin-fusion", "quick").hp["epochs"] >= 1
+        out = tmp_path / "run"
+        args = ["--missing-rates", "0.5", "--epochs", "1", "--jobs", "1", "--out", str(out)]
+        code, _, err = run_cli("run", "--methods", "plugin-fusion", *args)
+        assert code == 0, err
+        rows = read_results(out)
+        assert set(rows["method"]) == {"plugin-fusion"} and (rows["status"] == "ok").all()
     finally:
         registry.unregister_method("plugin-fusion")

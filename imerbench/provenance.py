@@ -20,25 +20,19 @@ from imerbench import __version__
 from imerbench.devices import describe_device
 
 
+def _git(*args: str, timeout: float = 5) -> bytes:
+    """A git command's output in this package's checkout (raises outside one)."""
+    here = Path(__file__).resolve().parent
+    command = ["git", "-C", str(here), *args]
+    return subprocess.run(command, capture_output=True, timeout=timeout, check=True).stdout
+
+
 @cache
 def code_version() -> str:
     """The package version, with the git commit when run from a checkout."""
-    here = Path(__file__).resolve().parent
     try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
+        sha = _git("rev-parse", "--short", "HEAD").decode().strip()
+        dirty = _git("status", "--porcelain", "--untracked-files=no").strip()
         return f"{__version__}+g{sha}{'.dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         return __version__
@@ -48,15 +42,9 @@ def code_version() -> str:
 def code_state() -> dict[str, str]:
     """The full commit, and a hash of the uncommitted changes to tracked files, so that a
     `.dirty` code version still names the exact code ({} outside a checkout)."""
-    here = Path(__file__).resolve().parent
     try:
-        git = ["git", "-C", str(here)]
-        commit = subprocess.run(
-            [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        diff = subprocess.run(
-            [*git, "diff", "HEAD"], capture_output=True, timeout=30, check=True
-        ).stdout
+        commit = _git("rev-parse", "HEAD").decode().strip()
+        diff = _git("diff", "HEAD", timeout=30)
     except (OSError, subprocess.SubprocessError):
         return {}
     state = {"commit": commit}

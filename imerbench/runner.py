@@ -29,7 +29,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cache
 from multiprocessing import get_context
@@ -45,6 +45,7 @@ from imerbench.batch import SplitData
 from imerbench.corpus import Corpus, Fold, without_validation
 from imerbench.datasets import DatasetInfo, load_dataset, resolve_dataset
 from imerbench.errors import ImerbenchError
+from imerbench.files import atomic_write
 from imerbench.grid import Cell, Grid
 from imerbench.masks import MaskSpec, MaskStore, realized_missing_rate
 from imerbench.method import Method
@@ -52,7 +53,6 @@ from imerbench.registry import create_method
 from imerbench.results import (
     SCHEMA_VERSION,
     ResultStore,
-    atomic_write_text,
     claim_cell,
     release_claim,
     remove_stale_claim,
@@ -521,17 +521,7 @@ def write_cell_result(store: ResultStore, folder: Path, result: CellResult) -> N
     """A computed cell's files, then its rows: last, the cell counts as done from there."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in result.files.items():
-        if isinstance(content, str):
-            atomic_write_text(folder / name, content)
-        else:
-            tmp = folder / f"{name}.tmp"
-            try:
-                tmp.write_bytes(content)
-                os.replace(tmp, folder / name)
-            except BaseException:  # e.g. a full disk: leave no partial file behind
-                with suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise
+        atomic_write(folder / name, content)  # a failed write leaves no partial file behind
     store.write_cell(folder, result.report.rows)
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from imerbench.datasets import resolve_dataset
+from imerbench.data import resolve_dataset
 from imerbench.grid import grid_from_dict
 from imerbench.runner import RunOptions, describe_device, resolve_device, run_grid
 

@@ -167,14 +167,14 @@ def list_() -> None:
     """Registered methods, datasets and built-in grids."""
     from importlib import resources
 
-    from imerbench.datasets import DATASETS
+    from imerbench.data import list_datasets
     from imerbench.registry import get_entry, list_methods
 
     console.print("[bold]methods")
     for name in list_methods():
         console.print(f"  {name:16s} {get_entry(name).description}")
     console.print("[bold]datasets")
-    for info in DATASETS.values():
+    for info in list_datasets():
         alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
         where = "generated" if info.synthetic else f"{info.folder}/{info.label_file}"
         console.print(f"  {info.id:16s} {info.task}, primary {info.primary_metric}, {where}{alias}")
@@ -258,7 +258,7 @@ def data_check(
     root: Annotated[Path, typer.Argument(help="folder holding IEMOCAP/, CMUMOSI/, ...")],
 ) -> None:
     """What a data folder holds, and what is missing or malformed."""
-    from imerbench.gcnet_layout import check_data_root
+    from imerbench.data import check_data_root
 
     report = check_data_root(root)
     for line in report.lines(problems=False):
@@ -279,9 +279,7 @@ def data_synth(
     widths: Annotated[str, typer.Option(help="small or real")] = "small",
 ) -> None:
     """Write a synthetic corpus in the GCNet layout (readable by `--data-root`)."""
-    from imerbench.datasets import resolve_dataset
-    from imerbench.gcnet_layout import write_gcnet
-    from imerbench.synthetic import make_synthetic
+    from imerbench.data import make_synthetic, resolve_dataset, write_gcnet
 
     info = resolve_dataset(dataset)
     if not info.synthetic:
@@ -308,8 +306,7 @@ def masks_export(
     out: Annotated[Path, typer.Option(help="file to write")] = Path("test_mask.npz"),
 ) -> None:
     """Write stored masks in GCNet's --test_mask format, to score other code on them."""
-    from imerbench.datasets import load_dataset
-    from imerbench.masks import MaskStore, export_gcnet_masks, parse_mask_spec
+    from imerbench.data import MaskStore, export_gcnet_masks, load_dataset, parse_mask_spec
 
     if split not in ("val", "test"):
         raise ImerbenchError(f"--split {split}: use val or test")

@@ -14,9 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imerbench.datasets import resolve_dataset
+from imerbench.data import MaskSpec, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError, did_you_mean
-from imerbench.masks import MaskSpec, parse_mask_spec
 from imerbench.registry import get_entry, list_methods
 
 T = TypeVar("T")

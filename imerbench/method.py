@@ -14,8 +14,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import Task
+from imerbench.data import Batch, Task
 from imerbench.errors import ImerbenchError, did_you_mean
 from imerbench.losses import task_loss
 

@@ -23,8 +23,7 @@ from imerbench.analysis import (
     subset_matrix,
     under_optimization,
 )
-from imerbench.corpus import MODALITIES
-from imerbench.datasets import resolve_dataset
+from imerbench.data import MODALITIES, resolve_dataset
 from imerbench.leaderboard import bayes_limits
 from imerbench.metrics import METRICS
 from imerbench.stats import average_ranks, friedman, nemenyi_cd

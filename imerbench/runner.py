@@ -41,13 +41,21 @@ import numpy as np
 import torch
 
 from imerbench import __version__
-from imerbench.batch import SplitData
-from imerbench.corpus import Corpus, Fold, without_validation
-from imerbench.datasets import DatasetInfo, load_dataset, resolve_dataset
+from imerbench.data import (
+    Corpus,
+    DatasetInfo,
+    Fold,
+    MaskSpec,
+    MaskStore,
+    SplitData,
+    load_dataset,
+    realized_missing_rate,
+    resolve_dataset,
+    without_validation,
+)
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write
 from imerbench.grid import Cell, Grid
-from imerbench.masks import MaskSpec, MaskStore, realized_missing_rate
 from imerbench.method import Method
 from imerbench.registry import create_method
 from imerbench.results import (

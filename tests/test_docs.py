@@ -7,8 +7,7 @@ from pathlib import Path
 
 from tiny_corpus import tiny_corpus
 
-from imerbench.batch import SplitData
-from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.data import MaskStore, SplitData, parse_mask_spec
 from imerbench.registry import _REGISTRY, create_method
 from imerbench.training import train_cell
 

@@ -8,9 +8,7 @@ import torch
 from tiny_corpus import tiny_corpus
 
 import imerbench.training as training
-from imerbench.batch import SplitData
-from imerbench.corpus import Corpus, without_validation
-from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.data import Corpus, MaskStore, SplitData, parse_mask_spec, without_validation
 from imerbench.registry import create_method
 from imerbench.training import CellFailure, train_cell
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from imerbench.corpus import MODALITIES, Corpus, Fold
+from imerbench.data import MODALITIES, Corpus, Fold
 
 
 def tiny_corpus(

@@ -176,7 +176,9 @@ def list_() -> None:
     console.print("[bold]datasets")
     for info in list_datasets():
         alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
-        where = "generated" if info.synthetic else f"{info.folder}/{info.label_file}"
+        where = f"{info.folder}/{info.label_file}" if info.source == "gcnet" else "generated"
+        if info.source not in ("gcnet", "synthetic"):
+            where = f"plug-in loader ({info.source})"
         console.print(f"  {info.id:16s} {info.task}, primary {info.primary_metric}, {where}{alias}")
     console.print("[bold]grids")
     for entry in sorted(resources.files("imerbench.grids").iterdir(), key=lambda p: p.name):

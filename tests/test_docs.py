@@ -5,9 +5,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 from tiny_corpus import tiny_corpus
 
-from imerbench.data import MaskStore, SplitData, parse_mask_spec
+from imerbench.data import MaskStore, SplitData, catalog, load_dataset, parse_mask_spec
+from imerbench.errors import ImerbenchError
 from imerbench.registry import _REGISTRY, create_method
 from imerbench.training import train_cell
 
@@ -48,3 +51,27 @@ def test_readme_example_method_registers_and_learns() -> None:
         assert outcome.selected["val"].test["fused"]["wa"] > 0.7
     finally:
         _REGISTRY.pop("my-method", None)
+
+
+def test_readme_example_dataset_registers_and_loads(tmp_path: Path) -> None:
+    example = next(b for b in code_blocks("python") if "register_dataset" in b)
+    corpus = tiny_corpus(num_dialogues=12, seed=1)
+    fold = corpus.fold(0)
+    features = {f"features_{m}": x for m, x in corpus.features.items()}
+    np.savez(tmp_path / "my-dataset.npz", labels=corpus.labels, speakers=corpus.speakers,
+             offsets=corpus.dialogue_offsets, train=fold.train, val=fold.val, test=fold.test,
+             **features)  # fmt: skip
+    try:
+        exec(compile(example, "README.md", "exec"), {"__name__": "readme_dataset"})
+        loaded = load_dataset("my-dataset", tmp_path)
+        assert loaded.name == "my-dataset" and loaded.num_utterances == corpus.num_utterances
+        np.testing.assert_array_equal(loaded.labels, corpus.labels)
+        np.testing.assert_array_equal(loaded.features["t"], corpus.features["t"])
+        assert [len(loaded.fold(0).get(s)) for s in ("train", "val", "test")] == [
+            len(fold.get(s)) for s in ("train", "val", "test")
+        ]
+        with pytest.raises(ImerbenchError, match="pass --data-root DIR"):
+            load_dataset("my-dataset")
+    finally:
+        catalog._CATALOG.pop("my-dataset", None)
+        catalog._LOADERS.pop("my-dataset", None)

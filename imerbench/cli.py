@@ -31,6 +31,7 @@ err_console = Console(stderr=True)
 _USAGE_ERROR: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
 )
+FEATURES_HELP = "feature folders, e.g. a=NAME,v=NAME (others: the papers' defaults)"
 
 
 @app.command()
@@ -39,6 +40,7 @@ def run(
     methods: Annotated[str | None, typer.Option(help="comma list, e.g. early-fusion,comp")] = None,
     datasets: Annotated[str | None, typer.Option(help="comma list of dataset ids")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     missing_rates: Annotated[str | None, typer.Option(help="comma list, e.g. 0.0,0.3")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma list of seeds")] = None,
     folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
@@ -97,6 +99,7 @@ def run(
         widths=widths,
         precision=precision,
         data_root=str(data_root) if data_root else None,
+        features=features,
     )
     options = RunOptions(
         out=out or Path("runs") / grid.name,
@@ -258,11 +261,12 @@ def report(
 @data_app.command("check")
 def data_check(
     root: Annotated[Path, typer.Argument(help="folder holding IEMOCAP/, CMUMOSI/, ...")],
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
 ) -> None:
     """What a data folder holds, and what is missing or malformed."""
     from imerbench.data import check_data_root
 
-    report = check_data_root(root)
+    report = check_data_root(root, _feature_names(features))
     for line in report.lines(problems=False):
         typer.echo(line)
     for problem in report.all_problems():  # each names its file and the fix
@@ -302,6 +306,7 @@ def masks_export(
     split: Annotated[str, typer.Option(help="val or test")] = "test",
     seed: Annotated[int, typer.Option(help="mask seed (the cell's seed)")] = 0,
     data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     masks_dir: Annotated[
         Path | None, typer.Option(help="stored masks of a run (default runs/quick/masks)")
     ] = None,
@@ -312,10 +317,22 @@ def masks_export(
 
     if split not in ("val", "test"):
         raise ImerbenchError(f"--split {split}: use val or test")
-    corpus = load_dataset(dataset, data_root)
+    corpus = load_dataset(dataset, data_root, feature_names=_feature_names(features))
     store = MaskStore(masks_dir or Path("runs/quick/masks"))
     path = export_gcnet_masks(store, corpus, fold, split, parse_mask_spec(missing_rate), seed, out)
     typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
+
+
+def _feature_names(text: str | None) -> dict[str, str] | None:
+    """`--features a=NAME,...` read and checked, or None when not given."""
+    from imerbench.data import parse_feature_names
+
+    if text is None:
+        return None
+    try:
+        return parse_feature_names(text)
+    except ImerbenchError as err:
+        raise ImerbenchError(f"--features: {err}") from None
 
 
 def _error_line(message: str) -> None:

@@ -39,6 +39,7 @@ def rescore_cell(
     corpus = load_dataset(
         info.id,
         config.get("data_root"),
+        feature_names=config.get("features"),
         widths=config.get("widths") or "small",
         missing_features=config.get("missing_features", "refuse"),
     )

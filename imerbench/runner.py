@@ -42,6 +42,7 @@ import torch
 
 from imerbench import __version__
 from imerbench.data import (
+    DEFAULT_FEATURE_NAMES,
     Corpus,
     DatasetInfo,
     Fold,
@@ -51,6 +52,7 @@ from imerbench.data import (
     load_dataset,
     realized_missing_rate,
     resolve_dataset,
+    resolve_feature_names,
     without_validation,
 )
 from imerbench.errors import ImerbenchError
@@ -280,13 +282,14 @@ def scale_epochs(method: Method, epochs: int) -> None:
 
 def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     """Everything that determines the cell's rows (its hash names the cell folder)."""
+    info = resolve_dataset(cell.dataset)
     config = {
         "schema": SCHEMA_VERSION,
         "method": cell.method.name,
         "label": cell.method.label,
         "hparams": method.hp,
         "dataset": cell.dataset,
-        "widths": grid.widths if resolve_dataset(cell.dataset).synthetic else None,
+        "widths": grid.widths if info.synthetic else None,
         "fold": cell.fold,
         "mask": str(cell.mask),
         "seed": cell.seed,
@@ -294,6 +297,9 @@ def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     }
     if grid.precision != "fp32":  # absent for fp32: existing fp32 cell folders still resume
         config["precision"] = grid.precision
+    features = resolve_feature_names(grid.features)
+    if features != DEFAULT_FEATURE_NAMES and not info.synthetic:  # absent by default, as above
+        config["features"] = features
     return config
 
 
@@ -323,6 +329,7 @@ class Workspace:
             self._corpora[dataset] = load_dataset(
                 dataset,
                 self.grid.data_root,
+                feature_names=self.grid.features,
                 missing_features=self.options.missing_features,
                 widths=self.grid.widths,
             )

@@ -39,6 +39,7 @@ from imerbench.data.corpus import (
 )
 from imerbench.data.feature_names import (
     DEFAULT_FEATURE_NAMES,
+    parse_feature_names,
     resolve_feature_names,
 )
 from imerbench.data.gcnet import DataReport, check_data_root, read_gcnet, write_gcnet
@@ -82,6 +83,7 @@ __all__ = [
     "list_datasets",
     "load_dataset",
     "make_synthetic",
+    "parse_feature_names",
     "parse_mask_spec",
     "read_gcnet",
     "realized_missing_rate",

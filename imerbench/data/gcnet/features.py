@@ -81,7 +81,7 @@ def list_modality(
         raise ImerbenchError(
             f"{info.id}: the {MODALITY_WORDS[modality]} feature folder {folder} does not exist "
             f"(features/ holds: {', '.join(found) or 'no folders'}); add it or pass "
-            f"--feature-names {modality}=<one of those folders>"
+            f"--features {modality}=<one of those folders>"
         )
     with os.scandir(folder) as it:
         entries = {e.name: e for e in it}
@@ -287,7 +287,7 @@ def parse_modality(
         raise ImerbenchError(
             f"{info.id}: the {MODALITY_WORDS[listing.modality]} feature folder {listing.folder} "
             f"holds no usable file for any of the {n} utterances; check the folder or pass "
-            f"--feature-names {listing.modality}=<folder>"
+            f"--features {listing.modality}=<folder>"
         )
     width = max(counts, key=counts.__getitem__)  # insertion order breaks ties: the first file
     out = np.zeros((n, width), dtype=np.float32)

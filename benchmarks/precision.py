@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from imerbench.datasets import resolve_dataset
+from imerbench.data import resolve_dataset
 from imerbench.devices import describe_device, resolve_device
 from imerbench.grid import grid_from_dict
 from imerbench.plan import RunOptions

@@ -51,19 +51,24 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch, SplitData
-from imerbench.corpus import MODALITIES, without_validation
-from imerbench.datasets import load_dataset, resolve_dataset
+from imerbench.data import (
+    MODALITIES,
+    Batch,
+    SplitData,
+    draw_rate_mask,
+    load_dataset,
+    resolve_dataset,
+    without_validation,
+)
+from imerbench.data.safe_pickle import load_label_pickle
 from imerbench.devices import describe_device, resolve_device
 from imerbench.evaluation import predict
 from imerbench.grid import grid_from_dict, load_grid
-from imerbench.masks import draw_rate_mask
 from imerbench.method import RunContext
 from imerbench.plan import RunOptions
 from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
 from imerbench.runner import run_grid
-from imerbench.safe_pickle import load_label_pickle
 from imerbench.training import data_spec
 
 WIDTHS = {"a": 512, "t": 1024, "v": 1024}

@@ -5,21 +5,38 @@ The public surface is re-exported here; import from `imerbench`, not from its mo
 
 __version__ = "0.1.0"
 
-from imerbench.batch import Batch, SplitData
-from imerbench.corpus import MODALITIES, Corpus, Fold
-from imerbench.datasets import DATASETS, load_dataset, resolve_dataset
+from imerbench.data import (
+    MODALITIES,
+    SUBSETS,
+    Batch,
+    Corpus,
+    DatasetInfo,
+    DatasetLoader,
+    Fold,
+    LoadOptions,
+    MaskSpec,
+    SplitData,
+    list_datasets,
+    load_dataset,
+    register_dataset,
+    resolve_dataset,
+)
 from imerbench.errors import ImerbenchError
 from imerbench.method import DataSpec, Method, MethodInfo, ModelOutput, Param, RunContext
 from imerbench.registry import create_method, list_methods, register_method
 
 __all__ = [
-    "DATASETS",
     "MODALITIES",
+    "SUBSETS",
     "Batch",
     "Corpus",
     "DataSpec",
+    "DatasetInfo",
+    "DatasetLoader",
     "Fold",
     "ImerbenchError",
+    "LoadOptions",
+    "MaskSpec",
     "Method",
     "MethodInfo",
     "ModelOutput",
@@ -28,8 +45,10 @@ __all__ = [
     "SplitData",
     "__version__",
     "create_method",
+    "list_datasets",
     "list_methods",
     "load_dataset",
+    "register_dataset",
     "register_method",
     "resolve_dataset",
 ]

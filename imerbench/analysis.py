@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from imerbench.corpus import MODALITIES
-from imerbench.datasets import resolve_dataset
+from imerbench.data import MODALITIES, SUBSETS, resolve_dataset
 from imerbench.stats import summary
 
 CELL = ["method", "dataset", "mask", "missing_rate", "seed"]
@@ -168,11 +167,9 @@ def protocol_gap(df: pd.DataFrame) -> pd.DataFrame:
 def subset_matrix(df: pd.DataFrame, dataset: str, selection: str = "val") -> pd.DataFrame:
     """Methods x forced subsets: mean primary score over MRs and seeds (for the heatmap).
     Cells trained under a condition mask (the ceilings) are left out."""
-    from imerbench.evaluation import CONDITIONS
-
     rows = primary_rows(df, selection)
-    keep = (rows["dataset"] == dataset) & rows["condition"].isin(CONDITIONS)
+    keep = (rows["dataset"] == dataset) & rows["condition"].isin(SUBSETS)
     rows = rows[keep & rows["mask"].map(is_rate)]
     per_seed = fold_mean(rows, ["condition"])
     table = per_seed.groupby(["method", "condition"])["value"].mean().unstack()
-    return table.reindex(columns=list(CONDITIONS))
+    return table.reindex(columns=list(SUBSETS))

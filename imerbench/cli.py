@@ -31,6 +31,7 @@ err_console = Console(stderr=True)
 _USAGE_ERROR: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
 )
+FEATURES_HELP = "feature folders, e.g. a=NAME,v=NAME (others: the papers' defaults)"
 
 
 @app.command()
@@ -39,6 +40,7 @@ def run(
     methods: Annotated[str | None, typer.Option(help="comma list, e.g. early-fusion,comp")] = None,
     datasets: Annotated[str | None, typer.Option(help="comma list of dataset ids")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     missing_rates: Annotated[str | None, typer.Option(help="comma list, e.g. 0.0,0.3")] = None,
     seeds: Annotated[str | None, typer.Option(help="comma list of seeds")] = None,
     folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
@@ -100,6 +102,7 @@ def run(
         widths=widths,
         precision=precision,
         data_root=str(data_root) if data_root else None,
+        features=features,
     )
     options = RunOptions(
         out=out or Path("runs") / grid.name,
@@ -170,63 +173,12 @@ def list_(
     ] = None,
 ) -> None:
     """Registered methods, datasets and built-in grids; or one method in detail."""
-    from importlib import resources
+    from imerbench.listing import print_catalog, print_method
 
-    from imerbench.datasets import DATASETS
-    from imerbench.registry import get_entry, list_methods
-
-    if method is not None:
-        show_method(method)
-        return
-    console.print("[bold]methods")
-    for name in list_methods():
-        info = get_entry(name).info
-        role = f"{info.role} {info.ceiling_of}".strip()
-        paper = f" [published as {info.paper_name}]" if info.paper_name else ""
-        console.print(escape(f"  {name:16s} {role:11s} {info.description}{paper}"))
-    console.print("[bold]datasets")
-    for info in DATASETS.values():
-        alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
-        where = "generated" if info.synthetic else f"{info.folder}/{info.label_file}"
-        console.print(f"  {info.id:16s} {info.task}, primary {info.primary_metric}, {where}{alias}")
-    console.print("[bold]grids")
-    for entry in sorted(resources.files("imerbench.grids").iterdir(), key=lambda p: p.name):
-        if entry.name.endswith(".toml"):
-            console.print(f"  {entry.name[:-5]} (built in)")
-    console.print("  or any grid file: imerbench run benchmarks/grids/paper.toml")
-    console.print("details of one method: imerbench list METHOD")
-
-
-def show_method(name: str) -> None:
-    """A method's registration, stages and every hyper-parameter: its default, the values
-    allowed, and each profile's value where the profile changes it."""
-    from rich.table import Table
-
-    from imerbench.method import known_profiles
-    from imerbench.registry import get_entry
-
-    entry = get_entry(name)
-    info, cls = entry.info, entry.cls
-    role = f"{info.role} of modality {info.ceiling_of}" if info.ceiling_of else info.role
-    paper = f", published as {info.paper_name}" if info.paper_name else ""
-    console.print(escape(f"{name}: {info.description}"))
-    console.print(escape(f"role: {role}{paper}; stages: {' -> '.join(cls.stages)}"))
-    profiles = known_profiles()
-    table = Table("hyper-parameter", "default", "allowed", *profiles, "help", box=None)
-    for key, param in cls.all_params().items():
-        if key in entry.fixed:
-            allowed = f"fixed: {entry.fixed[key]!r}"
-        elif param.choices is not None:
-            allowed = ", ".join(map(repr, param.choices))
-        else:
-            bounds = [f">= {param.low:g}"] if param.low is not None else []
-            bounds += [f"<= {param.high:g}"] if param.high is not None else []
-            allowed = ", ".join(bounds) or type(param.default).__name__
-        values = [repr(cls.profiles.get(p, {}).get(key, "")) if key in cls.profiles.get(p, {})
-                  else "" for p in profiles]  # fmt: skip
-        cells = [key, repr(param.default), allowed, *values, param.help]
-        table.add_row(*map(escape, cells))
-    console.print(table)
+    if method is None:
+        print_catalog(console)
+    else:
+        print_method(console, method)
 
 
 @app.command()
@@ -300,11 +252,12 @@ def report(
 @data_app.command("check")
 def data_check(
     root: Annotated[Path, typer.Argument(help="folder holding IEMOCAP/, CMUMOSI/, ...")],
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
 ) -> None:
     """What a data folder holds, and what is missing or malformed."""
-    from imerbench.gcnet_layout import check_data_root
+    from imerbench.data import check_data_root
 
-    report = check_data_root(root)
+    report = check_data_root(root, _feature_names(features))
     for line in report.lines(problems=False):
         typer.echo(line)
     for problem in report.all_problems():  # each names its file and the fix
@@ -323,9 +276,7 @@ def data_synth(
     widths: Annotated[str, typer.Option(help="small or real")] = "small",
 ) -> None:
     """Write a synthetic corpus in the GCNet layout (readable by `--data-root`)."""
-    from imerbench.datasets import resolve_dataset
-    from imerbench.gcnet_layout import write_gcnet
-    from imerbench.synthetic import make_synthetic
+    from imerbench.data import make_synthetic, resolve_dataset, write_gcnet
 
     info = resolve_dataset(dataset)
     if not info.synthetic:
@@ -346,21 +297,33 @@ def masks_export(
     split: Annotated[str, typer.Option(help="val or test")] = "test",
     seed: Annotated[int, typer.Option(help="mask seed (the cell's seed)")] = 0,
     data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
+    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
     masks_dir: Annotated[
         Path | None, typer.Option(help="stored masks of a run (default runs/quick/masks)")
     ] = None,
     out: Annotated[Path, typer.Option(help="file to write")] = Path("test_mask.npz"),
 ) -> None:
     """Write stored masks in GCNet's --test_mask format, to score other code on them."""
-    from imerbench.datasets import load_dataset
-    from imerbench.masks import MaskStore, export_gcnet_masks, parse_mask_spec
+    from imerbench.data import MaskStore, export_gcnet_masks, load_dataset, parse_mask_spec
 
     if split not in ("val", "test"):
         raise ImerbenchError(f"--split {split}: use val or test")
-    corpus = load_dataset(dataset, data_root)
+    corpus = load_dataset(dataset, data_root, feature_names=_feature_names(features))
     store = MaskStore(masks_dir or Path("runs/quick/masks"))
     path = export_gcnet_masks(store, corpus, fold, split, parse_mask_spec(missing_rate), seed, out)
     typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
+
+
+def _feature_names(text: str | None) -> dict[str, str] | None:
+    """`--features a=NAME,...` read and checked, or None when not given."""
+    from imerbench.data import parse_feature_names
+
+    if text is None:
+        return None
+    try:
+        return parse_feature_names(text)
+    except ImerbenchError as err:
+        raise ImerbenchError(f"--features: {err}") from None
 
 
 def _error_line(message: str) -> None:

@@ -16,13 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from imerbench.batch import SplitData
-from imerbench.corpus import Corpus, Fold, without_validation
-from imerbench.datasets import DatasetInfo, load_dataset, resolve_dataset
+from imerbench.data import (
+    Corpus,
+    DatasetInfo,
+    Fold,
+    MaskSpec,
+    MaskStore,
+    SplitData,
+    load_dataset,
+    realized_missing_rate,
+    resolve_dataset,
+    without_validation,
+)
 from imerbench.devices import describe_device, resolve_device
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Cell, Grid
-from imerbench.masks import MaskSpec, MaskStore, realized_missing_rate
 from imerbench.method import Method
 from imerbench.plan import RunOptions, cell_config, cell_method, config_hash
 from imerbench.provenance import code_version, provenance
@@ -59,6 +67,7 @@ class Workspace:
             self._corpora[dataset] = load_dataset(
                 dataset,
                 self.grid.data_root,
+                feature_names=self.grid.features,
                 missing_features=self.options.missing_features,
                 widths=self.grid.widths,
             )

@@ -12,13 +12,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import SplitData
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, SUBSETS, SplitData
 from imerbench.method import Method, evaluation_batching
 from imerbench.metrics import compute_metrics
 
 Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
-CONDITIONS: tuple[str, ...] = ("a", "t", "v", "at", "av", "tv", "atv")
 
 
 @torch.no_grad()
@@ -77,7 +75,7 @@ def subset_scores(
     data: SplitData,
     stage: str,
     task: str,
-    conditions: tuple[str, ...] = CONDITIONS,
+    conditions: tuple[str, ...] = SUBSETS,
     with_patterns: bool = True,
     preds: dict[str, Tensor] | None = None,
 ) -> dict[str, Scores]:
@@ -104,7 +102,7 @@ def pattern_scores(
     preds: dict[str, Tensor],
     data: SplitData,
     task: str,
-    conditions: tuple[str, ...] = CONDITIONS,
+    conditions: tuple[str, ...] = SUBSETS,
 ) -> dict[str, Scores]:
     """Scores of predictions (made under the split's current mask) grouped by which
     modalities that mask kept."""

@@ -14,9 +14,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-from imerbench.datasets import resolve_dataset
+from imerbench.data import MaskSpec, parse_feature_names, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError, did_you_mean
-from imerbench.masks import MaskSpec, parse_mask_spec
 from imerbench.registry import get_entry, list_methods
 
 T = TypeVar("T")
@@ -32,6 +31,7 @@ GRID_KEYS = {
     "protocol": '"default" or "paper"',
     "epochs": "override every method's epoch count (stages scale with it)",
     "data_root": "folder holding the GCNet-layout datasets",
+    "features": 'feature folder per modality, "a=NAME,t=NAME,v=NAME" or a table (a = "NAME")',
     "widths": 'synthetic feature widths, "small" or "real"',
     "precision": '"fp32", or "bf16" (bfloat16 autocast in training and evaluation)',
 }
@@ -140,6 +140,8 @@ class Grid:
     data_root: str | None = None
     widths: str = "small"
     precision: str = "fp32"  # part of every cell's config: fp32 and bf16 rows never mix
+    # Feature folders the user named, per modality (the others keep the papers' defaults).
+    features: dict[str, str] | None = None
 
     def __post_init__(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -153,6 +155,8 @@ class Grid:
         if self.epochs is not None and self.epochs < 1:
             raise ImerbenchError(f"epochs must be at least 1, not {self.epochs}")
         self.datasets = [resolve_dataset(d).id for d in self.datasets]
+        if self.features is not None:
+            self.features = parse_feature_names(self.features)
         for kind, values in [
             ("method", [m.label for m in self.methods]),
             ("dataset", self.datasets),
@@ -311,6 +315,16 @@ def grid_from_dict(raw: dict[str, Any], source: str, options: Collection[str] = 
             if not isinstance(raw[key], str):
                 raise ImerbenchError(f"{where(key)} must be a string, not {_kind(raw[key])}")
             kwargs[key] = raw[key]
+    if "features" in raw:
+        value = raw["features"]
+        if not isinstance(value, str | dict):
+            raise ImerbenchError(
+                f"{where('features')} must be a string or a table, not {_kind(value)}"
+            )
+        try:
+            kwargs["features"] = parse_feature_names(value)
+        except ImerbenchError as err:
+            raise ImerbenchError(f"{where('features')}: {err}") from None
     if "epochs" in raw:
         try:
             kwargs["epochs"] = _integer(raw["epochs"], 1, "a run needs at least 1 epoch")

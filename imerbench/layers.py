@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from importlib import resources
 import pandas as pd
 
 from imerbench.analysis import is_rate, primary_rows
-from imerbench.datasets import resolve_dataset
+from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
 from imerbench.registry import list_methods, method_info
 from imerbench.stats import holm, paired_t, summary
@@ -230,8 +230,6 @@ def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, f
     """The synthetic corpus's Bayes-optimal score per missing rate ({} for real data)."""
     if not resolve_dataset(dataset).synthetic:
         return {}
-    from imerbench.synthetic import bayes_table
-
     table = bayes_table(dataset)
     out = {}
     for mr in rates:
@@ -243,7 +241,7 @@ def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, f
 
 def paper_numbers(dataset: str, metric: str) -> dict[str, dict[float, float]]:
     """Published numbers for this dataset and metric, as fractions, labelled by source."""
-    path = resources.files("imerbench").joinpath("data/comp_paper_tables.csv")
+    path = resources.files("imerbench").joinpath("reference/comp_paper_tables.csv")
     with path.open(encoding="utf-8") as fh:
         table = pd.read_csv(fh)
     table["dataset"] = table["dataset"].map(lambda d: resolve_dataset(d).id)

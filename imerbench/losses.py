@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from imerbench.batch import Batch
+from imerbench.data import Batch
 
 
 def masked_mean(values: Tensor, keep: Tensor) -> Tensor:

@@ -17,9 +17,8 @@ from typing import Any, ClassVar, NoReturn
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import Task
-from imerbench.datasets import DATASETS
+from imerbench.data import Batch, Task
+from imerbench.data.catalog import list_datasets
 from imerbench.errors import ImerbenchError, did_you_mean
 from imerbench.losses import task_loss
 from imerbench.metrics import METRICS
@@ -316,7 +315,7 @@ class Method:
 
 def known_profiles() -> list[str]:
     """The hyper-parameter profiles the datasets use, in catalog order."""
-    return list(dict.fromkeys(info.profile for info in DATASETS.values()))
+    return list(dict.fromkeys(info.profile for info in list_datasets()))
 
 
 def evaluation_batching(method: Method) -> tuple[int, bool]:

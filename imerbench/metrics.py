@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from imerbench.corpus import Task
+from imerbench.data import Task
 from imerbench.errors import ImerbenchError, unknown_name
 
 _F64 = torch.float64

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imerbench.datasets import resolve_dataset
+from imerbench.data import DEFAULT_FEATURE_NAMES, resolve_dataset, resolve_feature_names
 from imerbench.devices import JOBS_PER_DEVICE, assign_devices, device_count, resolve_device
 from imerbench.grid import Cell, Grid
 from imerbench.method import Method
@@ -77,13 +77,14 @@ def cell_method(cell: Cell) -> Method:
 
 def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     """Everything that determines the cell's rows (its hash names the cell folder)."""
+    info = resolve_dataset(cell.dataset)
     config = {
         "schema": SCHEMA_VERSION,
         "method": cell.method.name,
         "label": cell.method.label,
         "hparams": method.hp,
         "dataset": cell.dataset,
-        "widths": grid.widths if resolve_dataset(cell.dataset).synthetic else None,
+        "widths": grid.widths if info.synthetic else None,
         "fold": cell.fold,
         "mask": str(cell.mask),
         "seed": cell.seed,
@@ -91,6 +92,9 @@ def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     }
     if grid.precision != "fp32":  # absent for fp32: existing fp32 cell folders still resume
         config["precision"] = grid.precision
+    features = resolve_feature_names(grid.features)
+    if features != DEFAULT_FEATURE_NAMES and not info.synthetic:  # absent by default, as above
+        config["features"] = features
     return config
 
 

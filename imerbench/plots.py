@@ -25,8 +25,7 @@ from imerbench.analysis import (
     under_optimization,
     without_ceilings,
 )
-from imerbench.corpus import MODALITIES
-from imerbench.datasets import resolve_dataset
+from imerbench.data import MODALITIES, resolve_dataset
 from imerbench.leaderboard import bayes_limits
 from imerbench.metrics import METRICS
 from imerbench.stats import average_ranks, friedman, nemenyi_cd

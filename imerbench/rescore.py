@@ -12,11 +12,9 @@ from pathlib import Path
 
 import torch
 
-from imerbench.batch import SplitData
-from imerbench.datasets import load_dataset, resolve_dataset
+from imerbench.data import MaskStore, SplitData, load_dataset, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError
 from imerbench.evaluation import Scores, evaluate, subset_scores
-from imerbench.masks import MaskStore, parse_mask_spec
 from imerbench.registry import create_method, get_entry
 from imerbench.training import autocast, data_spec
 
@@ -41,6 +39,7 @@ def rescore_cell(
     corpus = load_dataset(
         info.id,
         config.get("data_root"),
+        feature_names=config.get("features"),
         widths=config.get("widths") or "small",
         missing_features=config.get("missing_features", "refuse"),
     )

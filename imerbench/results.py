@@ -14,24 +14,22 @@ Everything else (leaderboards, plots, statistics) is computed from these rows.
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
 import re
 import socket
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from imerbench.errors import ImerbenchError
+from imerbench.files import atomic_write
 from imerbench.registry import method_info
 
 try:
@@ -54,61 +52,6 @@ COLUMNS: tuple[str, ...] = (
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"
-
-
-_cell_writes = 0  # rows files written by this process (for the write-error test hook)
-
-
-def _injected_write_error(path: Path) -> OSError | None:
-    """Test hook `IMERBENCH_TEST_WRITE_ERROR=ENOSPC:3`: the 3rd rows-file write of this
-    process and every later one fail with that errno, as a full or read-only disk would."""
-    global _cell_writes
-    spec = os.environ.get("IMERBENCH_TEST_WRITE_ERROR")
-    if not spec or path.name != ROWS_FILE:
-        return None
-    name, _, nth = spec.partition(":")
-    code = getattr(errno, name, None)
-    if not isinstance(code, int) or not nth.isdigit():
-        raise ValueError(f"IMERBENCH_TEST_WRITE_ERROR={spec}: use ERRNO:N, e.g. ENOSPC:3")
-    _cell_writes += 1
-    if _cell_writes < int(nth):
-        return None
-    return OSError(code, os.strerror(code), str(path))
-
-
-@cache
-def _new_file_mode() -> int:
-    """The mode `open` gives a new file under this process's umask (mkstemp's is 0600)."""
-    umask = os.umask(0o022)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file so that readers see the old content or the new, never a torn one."""
-    injected = _injected_write_error(path)
-    if injected is not None and injected.errno != errno.ENOSPC:
-        raise injected  # a read-only disk refuses to create the file at all
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if hasattr(os, "fchmod"):  # results are for sharing: the usual mode, not mkstemp's
-            os.fchmod(fd, _new_file_mode())
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
-            if injected is not None:  # a full disk fails part-way through the data
-                fh.write(text[: len(text) // 2])
-                fh.flush()
-                raise injected
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        pause = os.environ.get("IMERBENCH_TEST_PAUSE_WRITE")
-        if pause:  # test hook: hold the half-finished write open so a kill can land here
-            time.sleep(float(pause))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def rows_to_csv(rows: Iterable[dict[str, Any]]) -> str:
@@ -155,7 +98,7 @@ class ResultStore:
     def write_cell(self, cell_dir: Path, rows: list[dict[str, Any]]) -> None:
         if not rows:
             raise ValueError("a finished cell has at least one row")
-        atomic_write_text(cell_dir / ROWS_FILE, rows_to_csv(rows))
+        atomic_write(cell_dir / ROWS_FILE, rows_to_csv(rows))
 
     def cell_files(self) -> list[Path]:
         if not self.cells_dir.exists():
@@ -181,7 +124,7 @@ class ResultStore:
             for stale in self.root.glob(f".{MERGED_FILE}.*.tmp"):
                 stale.unlink(missing_ok=True)
             df = self.read()
-            atomic_write_text(self.merged_path, df.to_csv(index=False, lineterminator="\n"))
+            atomic_write(self.merged_path, df.to_csv(index=False, lineterminator="\n"))
         return df
 
 
@@ -377,7 +320,7 @@ def claim_cell(cell_dir: Path) -> Claim | None:
         with file_lock(cell_dir / CLAIM_LOCK):
             if _read_claim_text(path) != text:
                 continue  # taken over or released meanwhile: look again
-            atomic_write_text(path, mine.to_text())
+            atomic_write(path, mine.to_text())
             _HELD.add(path)
             return None
     raise ImerbenchError(f"{path} keeps changing; is another run taking this cell over?")

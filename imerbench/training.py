@@ -20,10 +20,8 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import SplitData
-from imerbench.corpus import MODALITIES, Corpus
+from imerbench.data import MODALITIES, Corpus, MaskSpec, SplitData, train_mask
 from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
-from imerbench.masks import MaskSpec, train_mask
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 from imerbench.compute import CellReport, CellResult, Workspace, compute_cell, log_line
 from imerbench.errors import ImerbenchError
+from imerbench.files import atomic_write
 from imerbench.grid import Cell
 from imerbench.plan import cell_config, cell_folder, cell_method, config_hash
 from imerbench.results import (
     ResultStore,
-    atomic_write_text,
     claim_cell,
     release_claim,
 )
@@ -31,17 +31,7 @@ def write_cell_result(store: ResultStore, folder: Path, result: CellResult) -> N
     """A computed cell's files, then its rows: last, the cell counts as done from there."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, content in result.files.items():
-        if isinstance(content, str):
-            atomic_write_text(folder / name, content)
-        else:
-            tmp = folder / f"{name}.tmp"
-            try:
-                tmp.write_bytes(content)
-                os.replace(tmp, folder / name)
-            except BaseException:  # e.g. a full disk: leave no partial file behind
-                with suppress(OSError):
-                    tmp.unlink(missing_ok=True)
-                raise
+        atomic_write(folder / name, content)  # a failed write leaves no partial file behind
     store.write_cell(folder, result.report.rows)
 
 

@@ -83,8 +83,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, Batch
 from imerbench.layers import ExpertStack, Mlp, Rows, twin_mlp
 from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext

@@ -23,8 +23,7 @@ from contextlib import AbstractContextManager, nullcontext
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, Batch
 from imerbench.losses import task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param
 from imerbench.registry import register_method

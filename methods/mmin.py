@@ -24,8 +24,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, Batch
 from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, Batch
 from imerbench.layers import ExpertStack, Mlp
 from imerbench.losses import task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param

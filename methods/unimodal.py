@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from imerbench.batch import Batch
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, Batch
 from imerbench.layers import ExpertStack
 from imerbench.method import DataSpec, Method, ModelOutput, Param
 from imerbench.registry import register_method

@@ -113,7 +113,7 @@ def test_latex_table_and_paper_numbers() -> None:
     published = paper_numbers("mosi", "f1")
     comp = published["ComP (published, = comp-ref)"]
     reference = pd.read_csv(
-        Path(__file__).resolve().parents[1] / "imerbench/data/comp_paper_tables.csv"
+        Path(__file__).resolve().parents[1] / "imerbench/reference/comp_paper_tables.csv"
     )
     expected = reference.query(
         "dataset == 'CMUMOSI' and method == 'ComP' and metric == 'f1_weighted_nonzero'"

@@ -24,11 +24,18 @@ from hostile_pickles import Open, System
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from imerbench.corpus import Corpus, Fold, leave_one_group_out
-from imerbench.datasets import DATASETS, DatasetInfo
+from imerbench.data import (
+    DEFAULT_FEATURE_NAMES,
+    Corpus,
+    DatasetInfo,
+    Fold,
+    leave_one_group_out,
+    read_gcnet,
+    resolve_dataset,
+    write_gcnet,
+)
+from imerbench.data.safe_pickle import load_label_pickle
 from imerbench.errors import ImerbenchError
-from imerbench.gcnet_layout import DEFAULT_FEATURE_NAMES, read_gcnet, write_gcnet
-from imerbench.safe_pickle import load_label_pickle
 
 WIDTHS = {"a": 4, "t": 5, "v": 6}
 
@@ -39,7 +46,7 @@ WIDTHS = {"a": 4, "t": 5, "v": 6}
 
 def tiny_corpus(dataset: str, seed: int = 0) -> Corpus:
     """IEMOCAP-like: two dialogues per session; MOSI-like: six videos in the official split."""
-    info = DATASETS[dataset]
+    info = resolve_dataset(dataset)
     gen = np.random.default_rng(seed)
     if info.task == "classification":
         dialogues = [f"Ses0{s}F_impro0{k}" for s in range(1, 6) for k in (1, 2)]
@@ -108,7 +115,7 @@ class Tiny:
 
 def write_tiny(dataset: str, root: Path) -> Tiny:
     corpus = tiny_corpus(dataset)
-    info = DATASETS[dataset]
+    info = resolve_dataset(dataset)
     return Tiny(info, root, write_gcnet(corpus, info, root), corpus)
 
 
@@ -367,7 +374,7 @@ def test_writing_iemocap_checks_utterance_sessions(tmp_path: Path) -> None:
         ids[4] = uid
         bad = replace(corpus, utterance_ids=tuple(ids))
         with pytest.raises(ImerbenchError, match=words) as info:
-            write_gcnet(bad, DATASETS["iemocap4"], tmp_path / uid)
+            write_gcnet(bad, resolve_dataset("iemocap4"), tmp_path / uid)
         assert f"'{uid}'" in str(info.value)
         assert not (tmp_path / uid / "IEMOCAP" / "IEMOCAP_features_raw_4way.pkl").exists()
 

@@ -22,7 +22,7 @@ from imerbench.methods.comp import (
 from tiny_corpus import tiny_corpus
 from torch import Tensor
 
-from imerbench.batch import Batch, SplitData
+from imerbench.data import Batch, SplitData
 from imerbench.errors import ImerbenchError
 from imerbench.grid import load_grid
 from imerbench.method import (

@@ -13,14 +13,12 @@ import pytest
 import torch
 from tiny_corpus import splits_for, tiny_corpus
 
-from imerbench.batch import SplitData
-from imerbench.masks import draw_rate_mask, parse_mask_spec
+from imerbench.data import SUBSETS, SplitData, draw_rate_mask, parse_mask_spec
 from imerbench.method import Method, RunContext
 from imerbench.registry import create_method, list_methods
 from imerbench.training import data_spec, train_cell
 
 METHODS = list_methods()
-CONDITIONS = ("a", "t", "v", "at", "av", "tv", "atv")
 
 
 def stages(method: Method) -> list[tuple[int, str]]:
@@ -54,7 +52,7 @@ def test_every_missing_pattern_runs(name: str, task: str) -> None:
     ctx = RunContext.for_metric("wa")
     for _, stage in stages(method):
         method.on_stage_start(model, stage, ctx)
-        for condition in CONDITIONS:
+        for condition in SUBSETS:
             keep = np.array([m in condition for m in "atv"])
             data.set_mask(np.tile(keep, (data.num_utterances, 1)))
             batch = first_batch(method, data)

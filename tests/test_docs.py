@@ -5,10 +5,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+import pytest
 from tiny_corpus import splits_for, tiny_corpus
 
+from imerbench.data import load_dataset, parse_mask_spec, unregister_dataset
+from imerbench.errors import ImerbenchError
 from imerbench.grid import default_grid
-from imerbench.masks import parse_mask_spec
 from imerbench.registry import create_method, unregister_method
 from imerbench.results import read_results
 from imerbench.training import train_cell
@@ -67,3 +70,26 @@ def test_readme_example_method_registers_and_learns() -> None:
         assert outcome.selected["val"].test["fused"]["wa"] > 0.7
     finally:
         unregister_method("my-method")
+
+
+def test_readme_example_dataset_registers_and_loads(tmp_path: Path) -> None:
+    example = next(b for b in code_blocks("python") if "register_dataset" in b)
+    corpus = tiny_corpus(num_dialogues=12, seed=1)
+    fold = corpus.fold(0)
+    features = {f"features_{m}": x for m, x in corpus.features.items()}
+    np.savez(tmp_path / "my-dataset.npz", labels=corpus.labels, speakers=corpus.speakers,
+             offsets=corpus.dialogue_offsets, train=fold.train, val=fold.val, test=fold.test,
+             **features)  # fmt: skip
+    try:
+        exec(compile(example, "README.md", "exec"), {"__name__": "readme_dataset"})
+        loaded = load_dataset("my-dataset", tmp_path)
+        assert loaded.name == "my-dataset" and loaded.num_utterances == corpus.num_utterances
+        np.testing.assert_array_equal(loaded.labels, corpus.labels)
+        np.testing.assert_array_equal(loaded.features["t"], corpus.features["t"])
+        assert [len(loaded.fold(0).get(s)) for s in ("train", "val", "test")] == [
+            len(fold.get(s)) for s in ("train", "val", "test")
+        ]
+        with pytest.raises(ImerbenchError, match="pass --data-root DIR"):
+            load_dataset("my-dataset")
+    finally:
+        unregister_dataset("my-dataset")

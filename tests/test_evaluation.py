@@ -7,9 +7,8 @@ import pytest
 import torch
 from tiny_corpus import tiny_corpus
 
-from imerbench.batch import SplitData
-from imerbench.evaluation import CONDITIONS, evaluate, patterns, subset_scores
-from imerbench.masks import draw_rate_mask
+from imerbench.data import SUBSETS, SplitData, draw_rate_mask
+from imerbench.evaluation import evaluate, patterns, subset_scores
 from imerbench.registry import create_method
 from imerbench.training import data_spec
 
@@ -35,7 +34,7 @@ def test_pattern_scores_partition_the_mask_score() -> None:
     stored = data.available.clone()
     scores = subset_scores(model, method, data, "train", corpus.task)
     kept = patterns(data.available[data.valid])
-    counts = {c: int((kept == c).sum()) for c in CONDITIONS}
+    counts = {c: int((kept == c).sum()) for c in SUBSETS}
     assert sum(counts.values()) == data.num_utterances
     weighted = sum(scores[f"pattern-{c}"]["fused"]["wa"] * n for c, n in counts.items() if n)
     assert weighted / data.num_utterances == pytest.approx(overall, abs=1e-9)
@@ -49,8 +48,8 @@ def test_forced_subsets_show_exactly_their_modalities() -> None:
     scores = subset_scores(model, method, data, "train", corpus.task)
     # unimodal-t ignores audio and video: every subset with text scores alike, and so does
     # every subset without it.
-    with_t = {scores[c]["fused"]["wa"] for c in CONDITIONS if "t" in c}
-    without_t = {scores[c]["fused"]["wa"] for c in CONDITIONS if "t" not in c}
+    with_t = {scores[c]["fused"]["wa"] for c in SUBSETS if "t" in c}
+    without_t = {scores[c]["fused"]["wa"] for c in SUBSETS if "t" not in c}
     assert len(with_t) == 1 and len(without_t) == 1
     assert with_t != without_t
     # The forced "t" score equals scoring with a hand-made all-text mask.

@@ -26,7 +26,7 @@ import pytest
 import torch
 from processes import KEY, TOKEN_VAR, claims_under, cli, wait_for_no_orphans
 
-from imerbench import results
+from imerbench import files, results
 from imerbench.compute import CellReport
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Grid, grid_from_dict
@@ -267,7 +267,7 @@ def test_full_disk_stops_the_run_and_a_rerun_completes_it(
     small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.0, 0.3, 0.5])
-    monkeypatch.setattr(results, "_cell_writes", 0)
+    monkeypatch.setattr(files, "_fault_writes", 0)
     monkeypatch.setenv("IMERBENCH_TEST_WRITE_ERROR", "ENOSPC:2")  # the 2nd cell's rows
     reports: list[CellReport] = []
     with pytest.raises(ImerbenchError) as failure:

@@ -15,7 +15,7 @@ from imerbench.methods.gcnet import (
 )
 from tiny_corpus import tiny_corpus
 
-from imerbench.batch import Batch, SplitData
+from imerbench.data import Batch, SplitData
 from imerbench.registry import create_method
 from imerbench.training import data_spec
 

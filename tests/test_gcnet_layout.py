@@ -13,20 +13,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imerbench import gcnet_layout
-from imerbench.corpus import Corpus
-from imerbench.datasets import DATASETS, DatasetInfo
-from imerbench.errors import ImerbenchError
-from imerbench.gcnet_layout import (
+from imerbench.data import (
     DEFAULT_FEATURE_NAMES,
+    Corpus,
+    DatasetInfo,
     check_data_root,
     read_gcnet,
+    resolve_dataset,
     write_gcnet,
 )
-from imerbench.safe_pickle import load_label_pickle
+from imerbench.data.gcnet import features as gcnet_features
+from imerbench.data.safe_pickle import load_label_pickle
+from imerbench.errors import ImerbenchError
 
 REAL_LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gcnet-labels"
-IEMOCAP4, IEMOCAP6, MOSI = DATASETS["iemocap4"], DATASETS["iemocap6"], DATASETS["mosi"]
+IEMOCAP4, IEMOCAP6, MOSI = (resolve_dataset(d) for d in ("iemocap4", "iemocap6", "mosi"))
 A, T, V = (DEFAULT_FEATURE_NAMES[m] for m in "atv")
 
 
@@ -574,7 +575,7 @@ def _refuse_to_parse(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(path: str) -> np.ndarray:
         raise AssertionError(f"parsed {path} although the cache should have answered")
 
-    monkeypatch.setattr(gcnet_layout, "_read_array", fail)
+    monkeypatch.setattr(gcnet_features, "_read_array", fail)
 
 
 def test_a_second_read_comes_from_the_cache(
@@ -584,7 +585,7 @@ def test_a_second_read_comes_from_the_cache(
     first = _read(IEMOCAP4, built.root)
     assert first.info["cache"] == "miss"
     assert len(list(_cache_in_tmp.rglob("*.npz"))) == 1
-    assert not list(_cache_in_tmp.rglob(".tmp-*"))
+    assert not list(_cache_in_tmp.rglob("*.tmp"))  # no temporary file left
     _refuse_to_parse(monkeypatch)
     second = _read(IEMOCAP4, built.root)
     assert second.info["cache"] == "hit"

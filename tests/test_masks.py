@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from imerbench.corpus import Corpus, Fold
-from imerbench.errors import ImerbenchError
-from imerbench.masks import (
-    CONDITIONS,
+from imerbench.data import (
+    SUBSETS,
+    Corpus,
+    Fold,
     MaskSpec,
     MaskStore,
     draw_mask,
@@ -21,6 +21,7 @@ from imerbench.masks import (
     realized_missing_rate,
     train_mask,
 )
+from imerbench.errors import ImerbenchError
 
 # The table of docs/protocol.md (section 3), measured by running the
 # released procedure: MR -> (realized missing, P(1 present), P(2 present), P(3 present)).
@@ -82,7 +83,7 @@ def test_unrealizable_rate_is_a_clear_error() -> None:
         draw_rate_mask(100, 0.66, np.random.default_rng(0))
 
 
-@pytest.mark.parametrize("condition", CONDITIONS)
+@pytest.mark.parametrize("condition", SUBSETS)
 def test_conditions_give_exactly_their_subset(condition: str) -> None:
     spec = parse_mask_spec(condition)
     mask = draw_mask(spec, 500, np.random.default_rng(0))

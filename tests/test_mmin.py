@@ -10,9 +10,7 @@ from imerbench.methods import mmin
 from imerbench.methods.mmin import STUDENT, TEACHER, imagination_loss
 from tiny_corpus import splits_for, tiny_corpus
 
-from imerbench.batch import Batch, SplitData
-from imerbench.corpus import MODALITIES
-from imerbench.masks import parse_mask_spec
+from imerbench.data import MODALITIES, Batch, SplitData, parse_mask_spec
 from imerbench.registry import create_method
 from imerbench.training import data_spec, train_cell
 

@@ -8,8 +8,7 @@ import torch
 from imerbench.methods.momke import FUSION, UNIMODAL
 from tiny_corpus import tiny_corpus
 
-from imerbench.batch import SplitData
-from imerbench.corpus import MODALITIES
+from imerbench.data import MODALITIES, SplitData
 from imerbench.losses import task_loss
 from imerbench.registry import create_method
 from imerbench.training import data_spec

@@ -10,11 +10,10 @@ import pytest
 import torch
 from tiny_corpus import splits_for, tiny_corpus
 
-from imerbench.batch import SplitData
+from imerbench.data import MaskStore, SplitData, parse_mask_spec
 from imerbench.errors import ImerbenchError
 from imerbench.evaluation import predict
 from imerbench.grid import grid_from_dict
-from imerbench.masks import MaskStore, parse_mask_spec
 from imerbench.registry import create_method, list_methods
 from imerbench.runner import RunOptions, run_grid
 from imerbench.training import autocast, data_spec, train_cell

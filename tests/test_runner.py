@@ -22,13 +22,12 @@ from processes import (
     wait_for_no_orphans,
 )
 
+from imerbench.files import _new_file_mode, atomic_write
 from imerbench.method import Method
 from imerbench.registry import register_method, unregister_method
 from imerbench.results import (
     COLUMNS,
     ResultStore,
-    _new_file_mode,
-    atomic_write_text,
     read_results,
 )
 from imerbench.runner import RunOptions, run_grid
@@ -219,7 +218,7 @@ def test_result_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
         _new_file_mode.cache_clear()
-        atomic_write_text(tmp_path / "results.csv", "a,b\n")
+        atomic_write(tmp_path / "results.csv", "a,b\n")
         mode = stat.S_IMODE((tmp_path / "results.csv").stat().st_mode)
     finally:
         os.umask(old)

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from hostile_pickles import Open, System
 
+from imerbench.data.safe_pickle import load_label_pickle
 from imerbench.errors import ImerbenchError
-from imerbench.safe_pickle import load_label_pickle
 
 REAL_LABELS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gcnet-labels"
 

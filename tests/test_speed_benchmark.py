@@ -11,7 +11,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from imerbench.safe_pickle import load_label_pickle
+from imerbench.data.safe_pickle import load_label_pickle
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,16 +18,11 @@ from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import f1_score
 
-from imerbench.corpus import Corpus
-from imerbench.errors import ImerbenchError
-from imerbench.synthetic import (
-    CONDITIONS,
+from imerbench.data import SUBSETS, Corpus
+from imerbench.data.synthetic import (
+    BAYES_CONDITIONS,
     EMOTION,
     SENTIMENT,
-    SUBSETS,
-    _cached_table,
-    _jackknife,
-    _weighted_f1,
     bayes_limit,
     bayes_table,
     forward_backward,
@@ -35,6 +30,8 @@ from imerbench.synthetic import (
     generate_synthetic,
     make_synthetic,
 )
+from imerbench.data.synthetic.bayes import _cached_table, _jackknife, _weighted_f1
+from imerbench.errors import ImerbenchError
 
 SINGLES = ("a", "t", "v")
 
@@ -159,7 +156,7 @@ def test_info_holds_the_generator_and_its_bayes_table() -> None:
     table = c.info["bayes"]
     assert isinstance(table, pd.DataFrame)
     assert list(table.columns) == ["condition", "metric", "value", "se", "n"]
-    assert tuple(table["condition"]) == CONDITIONS
+    assert tuple(table["condition"]) == BAYES_CONDITIONS
     assert (table["n"] >= 100_000).all()
     assert bayes_limit("synthetic", "atv", "wa") == _row(table, "atv", "wa")[0]
 
@@ -368,7 +365,7 @@ def test_emotion_no_context_limit_bounds_a_fitted_lda(mods: str) -> None:
 def test_context_beats_the_per_utterance_limit(dataset: str) -> None:
     with_ctx, without = bayes_table(dataset), bayes_table(dataset, context=False)
     metric = "wa" if dataset == "synthetic" else "f1"
-    for cond in CONDITIONS:
+    for cond in BAYES_CONDITIONS:
         assert _lo(with_ctx, cond, metric) > _hi(without, cond, metric), cond
 
 

@@ -8,8 +8,7 @@ import torch
 from tiny_corpus import splits_for, tiny_corpus
 
 import imerbench.training as training
-from imerbench.corpus import Corpus
-from imerbench.masks import parse_mask_spec
+from imerbench.data import Corpus, parse_mask_spec
 from imerbench.registry import create_method
 from imerbench.training import CellFailure, train_cell
 

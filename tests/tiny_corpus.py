@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from imerbench.batch import SplitData
-from imerbench.corpus import MODALITIES, Corpus, Fold, without_validation
-from imerbench.masks import MaskStore, parse_mask_spec
+from imerbench.data import (
+    MODALITIES,
+    Corpus,
+    Fold,
+    MaskStore,
+    SplitData,
+    parse_mask_spec,
+    without_validation,
+)
 
 
 def tiny_corpus(

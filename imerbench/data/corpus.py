@@ -17,6 +17,8 @@ from imerbench.errors import ImerbenchError
 from imerbench.seeding import rng
 
 MODALITIES: tuple[str, ...] = ("a", "t", "v")
+# The seven non-empty subsets of the modalities, in the papers' order (the MoMKE conditions).
+SUBSETS: tuple[str, ...] = ("a", "t", "v", "at", "av", "tv", "atv")
 Task = Literal["classification", "regression"]
 SplitName = Literal["train", "val", "test"]
 

@@ -7,25 +7,22 @@ its batch size. A mask is a bool array [n, 3] over the modalities ("a", "t", "v"
 modality is present.
 
 The missing-rate procedure is the one of CPM-Nets as released with GCNet (`random_mask`), which
-every paper of this line uses; see `draw_rate_mask` for what is kept of it and why.
+every paper of this line uses; see `draw_rate_mask` for what is kept of it and why. Stored
+evaluation masks: `mask_store.py`.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from imerbench.corpus import MODALITIES, Corpus, SplitName
+from imerbench.data.corpus import MODALITIES, SUBSETS
 from imerbench.errors import ImerbenchError
 from imerbench.seeding import rng as derived_rng
 
 MAX_MISSING_RATE = 0.7
-CONDITIONS: tuple[str, ...] = ("a", "t", "v", "at", "av", "tv", "atv")
 # The published code draws masks over one batch of padded positions: 65 x 32 = 2080 for MOSI.
 # The protocol's statistics table was measured at that size, and the redraw-until-close loop
 # makes the per-utterance statistics depend on it, so every draw is made in blocks of this size.
@@ -137,7 +134,7 @@ def _check_condition(value: object) -> str:
     text = str(value).strip().lower()
     if not text or len(set(text)) != len(text) or not set(text) <= set(MODALITIES):
         raise ImerbenchError(
-            f"mask condition {value!r} is not a set of modalities; valid: {', '.join(CONDITIONS)}"
+            f"mask condition {value!r} is not a set of modalities; valid: {', '.join(SUBSETS)}"
         )
     return "".join(m for m in MODALITIES if m in text)
 
@@ -174,7 +171,7 @@ def parse_mask_spec(text: str | float | MaskSpec) -> MaskSpec:
     s = raw.strip().lower().replace(" ", "")
     allowed = (
         "a missing rate in [0, 0.7] (e.g. '0.3'), a condition "
-        f"({', '.join(CONDITIONS)}) or per-modality rates (e.g. 'a=0.1,t=0.2,v=0.6')"
+        f"({', '.join(SUBSETS)}) or per-modality rates (e.g. 'a=0.1,t=0.2,v=0.6')"
     )
     if not s:
         raise ImerbenchError(f"mask spec {raw!r} is empty; expected {allowed}")
@@ -374,140 +371,3 @@ def realized_missing_rate(mask: np.ndarray) -> float:
     if mask.size == 0:
         return float("nan")
     return float(1.0 - mask.mean())
-
-
-# --------------------------------------------------------------------------------------------
-# Storage
-
-
-def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    """Write an npz so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)  # type: ignore[arg-type]
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class MaskStore:
-    """Evaluation masks drawn once per (dataset, fold, split, spec, mask seed) and reused.
-
-    Files: `<dir>/<dataset>/fold<k>-<split>-<spec key>-seed<s>.npz` with `mask` ([n, 3] bool,
-    the mask as drawn, BEFORE the AND with `corpus.present`) and `utterance_ids` (the split's
-    utterances, in order). `get` returns the drawn mask ANDed with `corpus.present`, so an
-    utterance without a feature file is never shown as present, while the stored file stays the
-    same whatever features a user has. `MaskStore(None)` keeps masks in memory only.
-    """
-
-    def __init__(self, directory: str | Path | None) -> None:
-        self.directory = None if directory is None else Path(directory)
-        self._memory: dict[tuple[str, int, str, str, int], tuple[tuple[str, ...], np.ndarray]] = {}
-
-    def path(self, corpus_name: str, fold: int, split: str, spec: MaskSpec, mask_seed: int) -> Path:
-        if self.directory is None:
-            raise ImerbenchError("this mask store keeps masks in memory only; it has no files")
-        name = f"fold{int(fold)}-{split}-{spec.key}-seed{int(mask_seed)}.npz"
-        return self.directory / corpus_name / name
-
-    def get(
-        self,
-        corpus: Corpus,
-        fold: int,
-        split: SplitName,
-        spec: MaskSpec,
-        mask_seed: int,
-    ) -> np.ndarray:
-        """The split's [n, 3] bool mask, ANDed with `corpus.present` (see the class doc)."""
-        spec = parse_mask_spec(spec)
-        utts = corpus.split_utterances(fold, split)
-        ids = tuple(corpus.utterance_ids[i] for i in utts)
-        drawn = self._drawn(corpus, fold, split, spec, mask_seed, utts, ids)
-        assert corpus.present is not None
-        return drawn & corpus.present[utts]
-
-    def _drawn(
-        self,
-        corpus: Corpus,
-        fold: int,
-        split: SplitName,
-        spec: MaskSpec,
-        mask_seed: int,
-        utts: np.ndarray,
-        ids: tuple[str, ...],
-    ) -> np.ndarray:
-        key = (corpus.name, int(fold), split, spec.key, int(mask_seed))
-        cached = self._memory.get(key)
-        if cached is not None and cached[0] == ids:
-            return cached[1]
-        path = None
-        if self.directory is not None:
-            path = self.path(corpus.name, fold, split, spec, mask_seed)
-            if path.exists():
-                mask = self._load(path, ids)
-                self._memory[key] = (ids, mask)
-                return mask
-        groups = corpus.speakers[utts] if len(corpus.speaker_names) > 1 else None
-        mask = eval_mask(corpus.name, fold, split, spec, mask_seed, len(utts), groups)
-        if path is not None:
-            _atomic_savez(
-                path,
-                mask=mask,
-                utterance_ids=np.array(ids, dtype=np.str_),
-                spec=np.array(str(spec)),
-            )
-        self._memory[key] = (ids, mask)
-        return mask
-
-    @staticmethod
-    def _load(path: Path, ids: tuple[str, ...]) -> np.ndarray:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                mask = np.asarray(data["mask"], dtype=bool)
-                stored_ids = tuple(str(x) for x in data["utterance_ids"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise ImerbenchError(
-                f"stored mask file {path} cannot be read ({exc}); delete it to redraw"
-            ) from None
-        if stored_ids != ids or mask.shape != (len(ids), _NUM_M):
-            raise ImerbenchError(
-                f"stored mask file {path} covers other utterances than this split "
-                f"({len(stored_ids)} stored, {len(ids)} now); the data changed: delete the "
-                "file (or use another mask directory) to redraw"
-            )
-        return mask
-
-
-def export_gcnet_masks(
-    store: MaskStore,
-    corpus: Corpus,
-    fold: int,
-    split: SplitName,
-    spec: MaskSpec,
-    mask_seed: int,
-    path: Path,
-) -> Path:
-    """Write one split's stored mask in the format GCNet's baselines read with `--test_mask`.
-
-    GCNet's repository (the CCA/DCCA/DCCAE, CPM-Nets and MMIN baselines; the GCNet trainer itself
-    has no such option) reads it as
-    `np.load(path, allow_pickle=True)["name2mask"].tolist()`: an npz whose one entry
-    `name2mask` is a 0-d object array holding a dict from utterance name (the ids of the label
-    pickle's `videoIDs`) to a 3-list of 0/1 in the order (audio, lexical/text, video) = (a, t, v)
-    (the readers reorder it to their own (A, V, L)). Written here are the masks a model sees:
-    the stored draw ANDed with the features present. The file is written exactly at `path`.
-    """
-    mask = store.get(corpus, fold, split, spec, mask_seed)
-    utts = corpus.split_utterances(fold, split)
-    name2mask = {
-        corpus.utterance_ids[i]: [int(x) for x in row] for i, row in zip(utts, mask, strict=True)
-    }
-    holder = np.empty((), dtype=object)
-    holder[()] = name2mask
-    path = Path(path)
-    _atomic_savez(path, name2mask=holder)
-    return path

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from imerbench.corpus import MODALITIES, Corpus
+from imerbench.data.corpus import MODALITIES, Corpus
 
 
 @dataclass

@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from imerbench.data import (
+    DEFAULT_FEATURE_NAMES,
     MODALITIES,
     Batch,
     SplitData,
@@ -72,7 +73,6 @@ from imerbench.runner import run_grid
 from imerbench.training import data_spec
 
 WIDTHS = {"a": 512, "t": 1024, "v": 1024}
-FOLDERS = {"a": "wav2vec-large-c-UTT", "t": "deberta-large-4-UTT", "v": "manet_UTT"}
 REDUCED = {"epochs": 2, "grid_cells": 2, "jobs": 2, "repeats": 3}  # a CPU's defaults
 FULL = {"epochs": 20, "grid_cells": 4, "jobs": 4, "repeats": 5}
 
@@ -127,7 +127,7 @@ def build_layout(labels: Path, shape: str, root: Path) -> Path:
     utterances = [u for vid in sorted(items[0]) for u in items[0][vid]]
     gen = np.random.default_rng(0)
     for m, width in WIDTHS.items():
-        out = folder / "features" / FOLDERS[m]
+        out = folder / "features" / DEFAULT_FEATURE_NAMES[m]
         out.mkdir(parents=True, exist_ok=True)
         for u in utterances:
             vector = gen.standard_normal(width).astype(np.float32)

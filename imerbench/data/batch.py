@@ -21,7 +21,7 @@ from imerbench.data.corpus import MODALITIES, Corpus
 class Batch:
     """B dialogues padded to L utterances. Every method sees exactly this."""
 
-    features: dict[str, Tensor]  # modality -> [B, L, d_m]; zero where missing (see zero_fill)
+    features: dict[str, Tensor]  # modality -> [B, L, d_m]; zero where missing
     available: Tensor  # [B, L, M] bool: modality present (False at padding)
     valid: Tensor  # [B, L] bool: a real utterance, not padding
     speakers: Tensor  # [B, L] int64
@@ -133,14 +133,13 @@ class SplitData:
         batch_size: int,
         order: np.ndarray | None = None,
         fixed_length: bool = False,
-        zero_fill: bool = True,
         complete: bool = False,
     ) -> Iterator[Batch]:
         """Dialogue batches in `order` (default: split order), trimmed to their longest dialogue.
 
-        With zero_fill=False the features at missing positions keep their stored values: the
-        contract test uses this to prove a model ignores them. With complete=True each batch
-        also carries `complete`, its view with every recorded modality present.
+        Features are zero where missing (no model may rely on it: the contract test fills
+        those positions with noise). With complete=True each batch also carries `complete`,
+        its view with every recorded modality present.
         """
         order = np.arange(self.num_dialogues) if order is None else order
         for start in range(0, len(order), batch_size):
@@ -151,7 +150,7 @@ class SplitData:
             feats = {}
             for k, m in enumerate(MODALITIES):
                 x = self.features[m][idx, :length]
-                feats[m] = x * available[..., k : k + 1] if zero_fill else x
+                feats[m] = x * available[..., k : k + 1]
             batch = Batch(
                 features=feats,
                 available=available,

@@ -11,11 +11,11 @@ import importlib
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import Any
 
 from imerbench.errors import ImerbenchError, unknown_name
 from imerbench.method import Method, MethodInfo
+from imerbench.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "imerbench.methods"
 
@@ -86,11 +86,7 @@ def _load_all() -> None:
 def discover_plugins() -> None:
     """Import every module named in the `imerbench.methods` entry points (their import
     registers their methods); the registry does it once, on first use."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plug-in must not take the harness down
-            warnings.warn(f"could not load method plug-in '{ep.name}': {exc}", stacklevel=2)
+    load_entry_points(ENTRY_POINT_GROUP, "method")
 
 
 def list_methods() -> list[str]:

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Protocol
 
 from imerbench.data.corpus import Corpus, Task
 from imerbench.errors import unknown_name
+from imerbench.plugins import load_entry_points
 
 ENTRY_POINT_GROUP = "imerbench.datasets"
 GCNET = "gcnet"
@@ -164,11 +164,7 @@ def _load_plugins() -> None:
 def discover_dataset_plugins() -> None:
     """Import every module named in the `imerbench.datasets` entry points (their import
     registers their datasets); the catalog does it once, on first use."""
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        try:
-            ep.load()
-        except Exception as exc:  # a broken plug-in must not take the harness down
-            warnings.warn(f"could not load dataset plug-in '{ep.name}': {exc}", stacklevel=2)
+    load_entry_points(ENTRY_POINT_GROUP, "dataset")
 
 
 def list_datasets() -> list[DatasetInfo]:

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from imerbench.data import MaskSpec, parse_feature_names, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError, did_you_mean
+from imerbench.metrics import metrics_for
 from imerbench.registry import get_entry, list_methods
 
 T = TypeVar("T")
@@ -125,6 +126,19 @@ class Cell:
         )
 
 
+def checked_dataset(name: str) -> str:
+    """A dataset's id, once its primary metric is known to be one of its task's metrics (a
+    plug-in's typo fails here, in one line, not mid-run)."""
+    info = resolve_dataset(name)
+    allowed = [m.id for m in metrics_for(info.task)]
+    if info.primary_metric not in allowed:
+        raise ImerbenchError(
+            f"dataset '{info.id}': primary_metric '{info.primary_metric}' is not a "
+            f"{info.task} metric; use one of {', '.join(allowed)}"
+        )
+    return info.id
+
+
 @dataclass
 class Grid:
     """What to run. Lists are validated and normalized on construction."""
@@ -154,7 +168,7 @@ class Grid:
             raise ImerbenchError(f"widths '{self.widths}' must be 'small' or 'real'")
         if self.epochs is not None and self.epochs < 1:
             raise ImerbenchError(f"epochs must be at least 1, not {self.epochs}")
-        self.datasets = [resolve_dataset(d).id for d in self.datasets]
+        self.datasets = [checked_dataset(d) for d in self.datasets]
         if self.features is not None:
             self.features = parse_feature_names(self.features)
         for kind, values in [

@@ -185,3 +185,16 @@ def test_a_loader_returning_another_dataset_is_one_clear_error() -> None:
         assert "\n" not in message and "corpus 'tiny'" in message and "plug-in" in message
     finally:
         _forget("wrong-corpus", "")
+
+
+def test_a_plugin_primary_metric_outside_its_task_is_one_line(one_error_line) -> None:
+    register_dataset(
+        DatasetInfo("typo-metric", "own", "classification", 3, "acc", "quick"),
+        loader=lambda info, root, options: tiny_corpus(name="typo-metric"),
+    )
+    try:
+        line = one_error_line("run", "--datasets", "typo-metric", "--dry-run")
+        assert "dataset 'typo-metric': primary_metric 'acc' is not a classification metric" in line
+        assert "use one of wa, ua, wf1" in line
+    finally:
+        _forget("typo-metric", "")

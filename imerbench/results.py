@@ -130,7 +130,8 @@ class ResultStore:
 
 def read_rows(path: Path) -> pd.DataFrame:
     """A rows CSV, with columns added since it was written filled in."""
-    df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype={"mask": str})
+    text = {"mask": str, "role": str, "ceiling_of": str, "paper_name": str}
+    df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype=text)
     if "mask" not in df.columns:  # older rows: the mask was always a missing rate
         df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
     # Rows written before `attempts` existed (or without it) came from one attempt.

@@ -101,10 +101,10 @@ class Workspace:
         return out
 
 
-def run_context(ws: Workspace, digest: str) -> dict[str, Any]:
-    """The cell.json entries beside the config: where the data came from, the config's
-    hash (the rows' `config_hash`) and the provenance."""
-    return {
+def run_context(ws: Workspace, method: Method, digest: str) -> dict[str, Any]:
+    """The cell.json entries beside the config: the method's registration metadata, where
+    the data came from, the config's hash (the rows' `config_hash`) and the provenance."""
+    return method.info.columns() | {
         "data_root": ws.grid.data_root,
         "missing_features": ws.options.missing_features,
         "precision": ws.grid.precision,
@@ -269,11 +269,11 @@ def compute_cell(
             free_memory(exc, ws.device)
         row = failed_row(base, message, time.perf_counter() - start)
         report = CellReport(cell, "failed", message, time.perf_counter() - start, [row])
-        meta = config | method.info.columns() | run_context(ws, digest) | {"error": message}
+        meta = config | run_context(ws, method, digest) | {"error": message}
         return CellResult(report, digest, {"cell.json": json.dumps(meta, indent=2, default=str)})
     base |= {"train_seconds": outcome.train_seconds, "parameters": outcome.parameters}
     rows = outcome_rows(cell, outcome, base, realized)
-    meta = config | method.info.columns() | run_context(ws, digest)
+    meta = config | run_context(ws, method, digest)
     files = artifact_files(meta, outcome, ws.options.save_weights)
     primary = info.primary_metric
     shown = [

@@ -348,8 +348,8 @@ def compare_with_released(
         mask = draw_rate_mask(len(corpus.utterances(dialogues)), rate, gen)
         ours[split] = SplitData(corpus, dialogues, device)
         padded[split] = SplitData(corpus, dialogues, device, pad_to=corpus.pad_length)
-        ours[split].set_mask(mask)
-        padded[split].set_mask(mask)
+        ours[split] = ours[split].with_mask(mask)
+        padded[split] = padded[split].with_mask(mask)
     order = gen.permutation(ours["train"].num_dialogues)
     train_batches = list(ours["train"].batches(size, order, method.fixed_length))[:most]
     released_train = list(padded["train"].batches(size, order, fixed_length=True))[:most]

@@ -66,14 +66,18 @@ def run(
         str, typer.Option(help="refuse, or mark: keep utterances lacking a feature file")
     ] = "refuse",
     save_weights: Annotated[bool, typer.Option(help="save the selected weights")] = True,
-    dry_run: Annotated[bool, typer.Option(help="print the cells and a time estimate")] = False,
+    stack: Annotated[
+        int, typer.Option(help="most cells trained as one stack of models (0: automatic, 1: off)")
+    ] = 0,
+    dry_run: Annotated[
+        bool, typer.Option(help="print the plan and a time estimate; writes nothing")
+    ] = False,
 ) -> None:
     """Run or resume a grid (default: every method on the synthetic corpus)."""
-    from imerbench.compute import CellReport, Workspace
-    from imerbench.estimate import estimate_seconds
+    from imerbench.compute import CellReport
     from imerbench.grid import default_grid_path, load_grid
     from imerbench.leaderboard import leaderboards, render
-    from imerbench.plan import RunOptions, pending_cells
+    from imerbench.plan import RunOptions
     from imerbench.runner import run_grid
 
     if executor not in ("local", "ray"):
@@ -90,6 +94,8 @@ def run(
         raise ImerbenchError(f"--missing-features {missing_features}: use refuse or mark")
     if jobs < 0:
         raise ImerbenchError(f"--jobs {jobs}: use 0 (automatic) or a positive count")
+    if stack < 0:
+        raise ImerbenchError(f"--stack {stack}: use 0 (automatic), 1 (off) or a positive count")
     grid = load_grid(
         grid_file or default_grid_path(),
         methods=methods,
@@ -113,20 +119,13 @@ def run(
         retry_failed=retry_failed,
         save_weights=save_weights,
         missing_features=missing_features,
+        stack=stack,
     )
     if dry_run:
-        todo, done = pending_cells(grid, options)
-        ws = Workspace(grid, options)
-        estimates = estimate_seconds(todo, ws)
-        for cell in todo:
-            console.print(escape(f"  {cell.describe()}  ~{estimates[cell]:.0f} s"))
-        total = sum(estimates.values())
-        n = options.resolved_jobs()
-        parallel = f" (about {total / 60 / n:.1f} min with {n} jobs)" if n > 1 else ""
-        console.print(
-            f"{len(todo)} cells to run ({len(done)} already finished) in {options.out}; "
-            f"estimated {total / 60:.1f} min on {ws.device} one cell at a time{parallel}"
-        )
+        from imerbench.estimate import plan_lines
+
+        for line in plan_lines(grid, options):
+            console.print(escape(line))
         return
 
     start = time.perf_counter()

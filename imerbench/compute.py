@@ -9,7 +9,7 @@ import json
 import math
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from imerbench.data import (
     MaskSpec,
     MaskStore,
     SplitData,
+    SplitName,
     load_dataset,
     realized_missing_rate,
     resolve_dataset,
@@ -32,7 +33,7 @@ from imerbench.devices import describe_device, resolve_device
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Cell, Grid
 from imerbench.method import Method
-from imerbench.plan import RunOptions, cell_config, cell_method, config_hash
+from imerbench.plan import PlannedCell, RunOptions
 from imerbench.provenance import code_version, provenance
 from imerbench.results import (
     SCHEMA_VERSION,
@@ -54,11 +55,12 @@ class CellReport:
 class Workspace:
     """A worker's caches: corpora, their device tensors and the stored masks."""
 
-    def __init__(self, grid: Grid, options: RunOptions) -> None:
+    def __init__(self, grid: Grid, options: RunOptions, store_masks: bool = True) -> None:
+        """`store_masks=False`: masks drawn in memory only (a dry run writes nothing)."""
         self.grid = grid
         self.options = options
         self.device = resolve_device(options.device)
-        self.masks = MaskStore(options.out / "masks")
+        self.masks = MaskStore(options.out / "masks" if store_masks else None)
         self._corpora: dict[str, Corpus] = {}
         self._splits: dict[tuple[Any, ...], SplitData] = {}
 
@@ -80,12 +82,14 @@ class Workspace:
             return merged if info.paper_merges_val else Fold(fold.train, fold.val[:0], fold.test)
         return fold
 
-    def splits(self, cell: Cell, method: Method) -> dict[str, SplitData]:
-        """Device tensors of the cell's splits, with the stored evaluation masks set."""
+    def splits(self, planned: PlannedCell) -> dict[str, SplitData]:
+        """The cell's splits on the device: validation and test as views under their stored
+        evaluation masks, train as converted (each epoch takes its own view)."""
+        cell = planned.cell
         info = resolve_dataset(cell.dataset)
         corpus = self.corpus(cell.dataset)
         fold = self.fold(info, corpus, cell.fold, cell.protocol)
-        pad_to = corpus.pad_length if method.fixed_length else None
+        pad_to = corpus.pad_length if planned.method.fixed_length else None
         out = {}
         for split in ("train", "val", "test"):
             dialogues = fold.get(split)
@@ -96,9 +100,14 @@ class Workspace:
                 self._splits[key] = SplitData(corpus, dialogues, self.device, pad_to=pad_to)
             data = self._splits[key]
             if split != "train":
-                data.set_mask(self.masks.get(corpus, cell.fold, split, cell.mask, cell.seed))
+                data = data.with_mask(self.eval_mask(planned, split))
             out[split] = data
         return out
+
+    def eval_mask(self, planned: PlannedCell, split: SplitName) -> np.ndarray:
+        """The stored evaluation mask of the cell's split (drawn on first use)."""
+        cell = planned.cell
+        return self.masks.get(self.corpus(cell.dataset), cell.fold, split, cell.mask, cell.seed)
 
 
 def run_context(ws: Workspace, method: Method, digest: str) -> dict[str, Any]:
@@ -226,13 +235,11 @@ def failed_row(base: dict[str, Any], message: str, seconds: float) -> dict[str, 
 
 
 def compute_cell(
-    cell: Cell, ws: Workspace, log: Callable[[str], None], attempts: int = 1
+    planned: PlannedCell, ws: Workspace, log: Callable[[str], None], attempts: int = 1
 ) -> CellResult:
     """Train one cell without touching its folder; a failure becomes a `failed` row, not a
     crash. `attempts`: how many times the cell has been started, this time included."""
-    method = cell_method(cell)
-    config = cell_config(cell, method, ws.grid)
-    digest = config_hash(config)
+    cell, method, config, digest = planned.cell, planned.method, planned.config, planned.digest
     info = resolve_dataset(cell.dataset)
     base = row_base(cell, method, digest, describe_device(ws.device), attempts)
     start = time.perf_counter()
@@ -240,10 +247,8 @@ def compute_cell(
     log(f"cell {cell.describe()} ({cell.protocol} protocol) on {base['device']}, {precision}")
     log(f"config {json.dumps(config, sort_keys=True, default=str)}")
     try:
-        splits = ws.splits(cell, method)
-        realized = realized_missing_rate(
-            ws.masks.get(ws.corpus(cell.dataset), cell.fold, "test", cell.mask, cell.seed)
-        )
+        splits = ws.splits(planned)
+        realized = realized_missing_rate(ws.eval_mask(planned, "test"))
         outcome = train_cell(
             method,
             ws.corpus(cell.dataset),
@@ -282,6 +287,18 @@ def compute_cell(
     ]
     report = CellReport(cell, "ok", ", ".join(shown), time.perf_counter() - start, rows)
     return CellResult(report, digest, files)
+
+
+def compute_stack(
+    stack: Sequence[PlannedCell],
+    ws: Workspace,
+    logs: Sequence[Callable[[str], None]],
+    attempts: int = 1,
+) -> list[CellResult]:
+    """Compute a stack's cells (one log per cell), each result as if computed alone."""
+    return [
+        compute_cell(planned, ws, log, attempts) for planned, log in zip(stack, logs, strict=True)
+    ]
 
 
 def artifact_files(

@@ -81,20 +81,16 @@ def subset_scores(
 ) -> dict[str, Scores]:
     """{condition: scores} for the forced subsets and (optionally) for the patterns of the
     current mask. `preds`: the model's predictions under the current mask, where the caller
-    already has them (saves one pass). The split's current mask is restored afterwards.
+    already has them (saves one pass).
     """
-    stored = data.available
     out: dict[str, Scores] = {}
-    try:
-        if with_patterns:
-            if preds is None:
-                preds = predict(model, method, data, stage)
-            out |= pattern_scores(preds, data, task, conditions)
-        for condition in conditions:
-            data.set_mask(condition_mask(condition, data.num_utterances))
-            out[condition] = evaluate(model, method, data, stage, task)
-    finally:
-        data.available = stored
+    if with_patterns:
+        if preds is None:
+            preds = predict(model, method, data, stage)
+        out |= pattern_scores(preds, data, task, conditions)
+    for condition in conditions:
+        forced = data.with_mask(condition_mask(condition, data.num_utterances))
+        out[condition] = evaluate(model, method, forced, stage, task)
     return out
 
 

@@ -8,14 +8,15 @@ hyper-parameter overrides. A method entry may carry overrides in brackets:
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
 from imerbench.data import MaskSpec, parse_feature_names, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError, did_you_mean
+from imerbench.frozen import FrozenDict
 from imerbench.metrics import metrics_for
 from imerbench.registry import get_entry, list_methods
 
@@ -139,25 +140,33 @@ def checked_dataset(name: str) -> str:
     return info.id
 
 
-@dataclass
+@dataclass(frozen=True)
 class Grid:
-    """What to run. Lists are validated and normalized on construction."""
+    """What to run: validated and normalized on construction (its lists become tuples), then
+    read-only."""
 
     name: str = "quick"
-    methods: list[MethodRef] = field(default_factory=list)
-    datasets: list[str] = field(default_factory=lambda: ["synthetic"])
-    missing_rates: list[MaskSpec] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
-    folds: list[int] | None = None  # None: every fold of each dataset
+    methods: Sequence[MethodRef] = ()
+    datasets: Sequence[str] = ("synthetic",)
+    missing_rates: Sequence[MaskSpec] = ()
+    seeds: Sequence[int] = (0,)
+    folds: Sequence[int] | None = None  # None: every fold of each dataset
     protocol: str = "default"
     epochs: int | None = None
     data_root: str | None = None
     widths: str = "small"
     precision: str = "fp32"  # part of every cell's config: fp32 and bf16 rows never mix
     # Feature folders the user named, per modality (the others keep the papers' defaults).
-    features: dict[str, str] | None = None
+    features: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
+        def normalize(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)  # the one place a Grid is written
+
+        for name in ("methods", "missing_rates", "seeds"):
+            normalize(name, tuple(getattr(self, name)))
+        if self.folds is not None:
+            normalize("folds", tuple(self.folds))
         if self.protocol not in PROTOCOLS:
             raise ImerbenchError(f"protocol '{self.protocol}' is not one of {', '.join(PROTOCOLS)}")
         if self.precision not in PRECISIONS:
@@ -168,9 +177,9 @@ class Grid:
             raise ImerbenchError(f"widths '{self.widths}' must be 'small' or 'real'")
         if self.epochs is not None and self.epochs < 1:
             raise ImerbenchError(f"epochs must be at least 1, not {self.epochs}")
-        self.datasets = [checked_dataset(d) for d in self.datasets]
+        normalize("datasets", tuple(checked_dataset(d) for d in self.datasets))
         if self.features is not None:
-            self.features = parse_feature_names(self.features)
+            normalize("features", FrozenDict(parse_feature_names(self.features)))
         for kind, values in [
             ("method", [m.label for m in self.methods]),
             ("dataset", self.datasets),

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from imerbench.data import Batch, Task
 from imerbench.data.catalog import list_datasets
 from imerbench.errors import ImerbenchError, did_you_mean
+from imerbench.frozen import FrozenDict
 from imerbench.losses import task_loss
 from imerbench.metrics import METRICS
 
@@ -57,7 +58,7 @@ class Param:
         return value
 
 
-class HParams(dict[str, Any]):
+class HParams(FrozenDict):
     """Validated hyper-parameters, read-only: a change is a new method (`Method.with_params`).
 
     A dict, so that it serializes (JSON, pickle) exactly as the plain dict it replaced."""
@@ -68,9 +69,6 @@ class HParams(dict[str, Any]):
     __setitem__ = __delitem__ = _frozen  # type: ignore[assignment]
     clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]
     __ior__ = _frozen  # type: ignore[assignment]
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (HParams, (dict(self),))
 
 
 @dataclass(frozen=True)
@@ -163,7 +161,9 @@ class Method:
     - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
     - `needs_complete`: True if training needs what the mask hides (reconstruction targets,
       a full-modality teacher, a complete-data stage): training batches then carry
-      `Batch.complete`; evaluation batches never do.
+      `Batch.complete`; evaluation batches never do;
+    - `stackable`: True if cells of the method can train as one stack of models
+      (`imerbench/stacking.py`); False runs each cell alone.
 
     A model must ignore the values at missing positions (the contract test changes them);
     batches hold zeros there, but nothing may rely on it.
@@ -175,6 +175,7 @@ class Method:
     stages: ClassVar[tuple[str, ...]] = ("train",)
     fixed_length: ClassVar[bool] = False
     needs_complete: ClassVar[bool] = False
+    stackable: ClassVar[bool] = False
 
     def __init__(self, info: MethodInfo | None = None, **hparams: Any) -> None:
         self.info = info or MethodInfo(type(self).__name__.lower())

@@ -1,30 +1,32 @@
-"""Planning a grid: each cell resolved to its method, configuration, hash and folder, and
-sorted into cells to run and cells already finished."""
+"""Planning a grid: each cell resolved once to its method, configuration, hash and folder
+(a `PlannedCell`, read-only from then on), sorted into cells to run and cells already
+finished, and the cells to run grouped into stacks (cells trained together as one stack of
+models, see `imerbench/stacking.py`)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from imerbench.data import DEFAULT_FEATURE_NAMES, resolve_dataset, resolve_feature_names
 from imerbench.devices import JOBS_PER_DEVICE, assign_devices, device_count, resolve_device
+from imerbench.frozen import FrozenDict
 from imerbench.grid import Cell, Grid
 from imerbench.method import Method
 from imerbench.registry import create_method
-from imerbench.results import (
-    SCHEMA_VERSION,
-    ResultStore,
-    remove_stale_claim,
-)
+from imerbench.results import SCHEMA_VERSION, ResultStore
 
 EXECUTORS = ("local", "ray")
+# Automatic cells per stack: on a CPU a stack of 8 removes most of the per-operation overhead
+# of small models; a GPU has room for more.
+STACK_PER_DEVICE = {"cpu": 8, "cuda": 16, "mps": 8}
 
 
-@dataclass
+@dataclass(frozen=True)
 class RunOptions:
     """How to run a grid (not what: that is the grid)."""
 
@@ -36,6 +38,13 @@ class RunOptions:
     missing_features: str = "refuse"
     executor: str = "local"  # local | ray
     jobs_per_device: int = 0  # CUDA: worker processes sharing each device (0: automatic)
+    stack: int = 0  # the most cells trained as one stack of models (0: automatic, 1: off)
+
+    def resolved_stack(self) -> int:
+        """Cells per stack where a method stacks: the one given, else the device's default."""
+        if self.stack > 0:
+            return self.stack
+        return STACK_PER_DEVICE[resolve_device(self.device).type]
 
     def resolved_jobs(self) -> int:
         """Automatic: one single-threaded process per core on CPU (tiny models use one
@@ -108,17 +117,69 @@ def cell_folder(store: ResultStore, cell: Cell, digest: str) -> Path:
     return store.cell_dir(cell.dataset, cell.method.label, name)
 
 
-def pending_cells(grid: Grid, options: RunOptions) -> tuple[list[Cell], list[Cell]]:
-    """(cells to run, cells already finished), validating every cell's method first."""
+@dataclass(frozen=True)
+class PlannedCell:
+    """A cell resolved once: its method (frozen hyper-parameters), the configuration that
+    determines its rows, that configuration's hash and its folder."""
+
+    cell: Cell
+    method: Method = field(compare=False)
+    config: FrozenDict = field(compare=False, repr=False)
+    digest: str
+    folder: Path
+
+    def describe(self) -> str:
+        return self.cell.describe()
+
+    @property
+    def stack_key(self) -> tuple[Any, ...]:
+        """Cells with equal keys differ only in missing rate and seed: they may share a stack."""
+        c = self.cell
+        return (c.method.label, c.dataset, c.fold, c.protocol, c.epochs)
+
+
+Stack = tuple[PlannedCell, ...]  # cells computed together; one cell where nothing stacks
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A grid's cells, planned: those to run, grouped into stacks, and those already done."""
+
+    todo: tuple[PlannedCell, ...]
+    done: tuple[PlannedCell, ...]
+    stacks: tuple[Stack, ...]
+
+
+def plan_cell(cell: Cell, grid: Grid, store: ResultStore) -> PlannedCell:
+    method = cell_method(cell)  # unknown methods and bad hyper-parameters fail here
+    config = FrozenDict(cell_config(cell, method, grid))
+    digest = config_hash(config)
+    return PlannedCell(cell, method, config, digest, cell_folder(store, cell, digest))
+
+
+def group_stacks(cells: tuple[PlannedCell, ...], most: int) -> tuple[Stack, ...]:
+    """Cells that may stack, in grid order, in chunks of at most `most` (1 for a method that
+    does not stack)."""
+    groups: dict[tuple[Any, ...], list[PlannedCell]] = {}
+    for planned in cells:
+        groups.setdefault(planned.stack_key, []).append(planned)
+    stacks: list[Stack] = []
+    for group in groups.values():
+        size = most if group[0].method.stackable else 1
+        stacks += [tuple(group[k : k + size]) for k in range(0, len(group), size)]
+    return tuple(stacks)
+
+
+def plan_grid(grid: Grid, options: RunOptions) -> Plan:
+    """Every cell of the grid planned, validating every cell's method first; reads the
+    output folder, writes nothing."""
     store = ResultStore(options.out)
     todo, done = [], []
     for cell in grid.cells():
-        method = cell_method(cell)  # unknown methods and bad hyper-parameters fail here
-        folder = cell_folder(store, cell, config_hash(cell_config(cell, method, grid)))
-        status = store.status(folder)
+        planned = plan_cell(cell, grid, store)
+        status = store.status(planned.folder)
         if status == "ok" or (status == "failed" and not options.retry_failed):
-            remove_stale_claim(folder)  # a run killed between writing rows and releasing
-            done.append(cell)
+            done.append(planned)
         else:
-            todo.append(cell)
-    return todo, done
+            todo.append(planned)
+    return Plan(tuple(todo), tuple(done), group_stacks(tuple(todo), options.resolved_stack()))

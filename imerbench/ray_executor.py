@@ -1,14 +1,15 @@
-"""Cells as Ray tasks (`imerbench run --executor ray`), for grids bigger than one machine.
+"""Stacks of cells as Ray tasks (`imerbench run --executor ray`), for grids bigger than one
+machine.
 
-Each cell is one task asking for one CPU, or for 1/N of a GPU on CUDA (N =
-`--jobs-per-device`), so Ray packs N cells on each GPU of the cluster. A task only computes:
-it returns the cell's rows, log, curves, config and weights, and the driver (the process that
+Each stack is one task asking for one CPU, or for 1/N of a GPU on CUDA (N =
+`--jobs-per-device`), so Ray packs N stacks on each GPU of the cluster. A task only computes:
+it returns its cells' rows, log, curves, config and weights, and the driver (the process that
 called `run_grid`) writes every cell folder and merges results.csv, so there is one writer
 whatever the number of nodes. The driver also draws the evaluation masks before any task
 starts, so the tasks only read them.
 
 A task whose worker dies (killed, out of host memory, lost node) is run again by Ray, up to
-`RAY_MAX_RETRIES` times; its rows record in `attempts` how many starts the cell took. A cell
+`RAY_MAX_RETRIES` times; its rows record in `attempts` how many starts the stack took. A cell
 whose every attempt died is recorded as failed (`--retry-failed` runs it again). Resuming
 works as with the local executor: finished cells are skipped before anything is submitted.
 
@@ -22,7 +23,7 @@ import hashlib
 import os
 import signal
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -33,22 +34,17 @@ from imerbench.compute import (
     CellReport,
     CellResult,
     Workspace,
-    compute_cell,
+    compute_stack,
     failed_row,
     log_line,
     row_base,
 )
 from imerbench.devices import limit_device_memory, resolve_device
 from imerbench.errors import ImerbenchError
-from imerbench.grid import Cell, Grid
-from imerbench.plan import RunOptions, cell_config, cell_folder, cell_method, config_hash
-from imerbench.results import ResultStore, claim_cell, release_claim
-from imerbench.write import (
-    MERGE_INTERVAL_S,
-    remove_stale_temporaries,
-    write_cell_result,
-    writes_checked,
-)
+from imerbench.grid import Grid
+from imerbench.plan import PlannedCell, RunOptions, Stack
+from imerbench.results import release_claim
+from imerbench.write import MERGE_INTERVAL_S, claim_stack, write_result
 
 RAY_MAX_RETRIES = 3  # restarts of a cell whose worker died (so at most 4 attempts)
 KILL_CELL_ENV = "IMERBENCH_TEST_KILL_CELL"  # test hook, see `_test_kill`
@@ -111,12 +107,12 @@ def _attempt() -> int:
     return int(core.get_current_task_attempt_number()) + 1
 
 
-def _test_kill(cell: Cell, out: Path) -> None:
+def _test_kill(stack: Stack, out: Path) -> None:
     """Test hook: with IMERBENCH_TEST_KILL_CELL set to a cell's `describe()`, the first
-    attempt of that cell kills its own worker (SIGKILL, as the kernel's OOM killer would).
-    A marker file in the output folder remembers that the kill happened."""
+    attempt of the stack holding that cell kills its own worker (SIGKILL, as the kernel's OOM
+    killer would). A marker file in the output folder remembers that the kill happened."""
     target = os.environ.get(KILL_CELL_ENV)
-    if target is None or target != cell.describe():
+    if target is None or target not in [planned.describe() for planned in stack]:
         return
     marker = out / f".test-killed-{hashlib.sha256(target.encode()).hexdigest()[:12]}"
     if marker.exists():
@@ -125,111 +121,98 @@ def _test_kill(cell: Cell, out: Path) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _cell_task(run: RayRun, cell: Cell) -> CellResult:
-    """The body of a Ray task: compute one cell, write nothing to its folder."""
+def _stack_task(run: RayRun, stack: Stack) -> list[CellResult]:
+    """The body of a Ray task: compute one stack, write nothing to its folders."""
     attempts = _attempt()
-    _test_kill(cell, run.options.out)
+    _test_kill(stack, run.options.out)
     ws = _workspace(run)
-    lines: list[str] = []
-    result = compute_cell(cell, ws, lambda m: lines.append(log_line(m)), attempts=attempts)
-    result.files = {"log.txt": "".join(lines), **result.files}
-    return result
+    lines: list[list[str]] = [[] for _ in stack]
+    logs = [lambda m, k=k: lines[k].append(log_line(m)) for k in range(len(stack))]
+    results = compute_stack(stack, ws, logs, attempts=attempts)
+    for result, text in zip(results, lines, strict=True):
+        result.files = {"log.txt": "".join(text), **result.files}
+    return results
 
 
-def lost_cell(cell: Cell, grid: Grid, device: str, message: str, attempts: int) -> CellResult:
+def lost_cell(planned: PlannedCell, device: str, message: str, attempts: int) -> CellResult:
     """A cell whose every attempt lost its worker: one failed row, so the grid goes on."""
-    method = cell_method(cell)
-    digest = config_hash(cell_config(cell, method, grid))
-    row = failed_row(row_base(cell, method, digest, device, attempts), message, 0.0)
-    report = CellReport(cell, "failed", message, 0.0, [row])
-    return CellResult(report, digest, {"log.txt": log_line(message)})
+    base = row_base(planned.cell, planned.method, planned.digest, device, attempts)
+    row = failed_row(base, message, 0.0)
+    report = CellReport(planned.cell, "failed", message, 0.0, [row])
+    return CellResult(report, planned.digest, {"log.txt": log_line(message)})
 
 
-def run_on_ray(
-    todo: list[Cell],
-    grid: Grid,
-    options: RunOptions,
-    ws: Workspace,
-    on_cell: Callable[[CellReport], None],
-    refresh: Callable[[], None],
-) -> None:
-    """Run `todo` as Ray tasks; this process writes every finished cell as it arrives."""
-    if not todo:
-        return
-    require_ray()
-    import ray
-    from ray.exceptions import RayError, RayTaskError
+@dataclass(frozen=True)
+class RayExecutor:
+    """Stacks as Ray tasks; this process claims their cells, draws their evaluation masks
+    and writes every finished cell as it arrives."""
 
-    store = ResultStore(options.out)
-    claimed: list[tuple[Cell, Path]] = []
-    started = False
-    try:
-        for cell in todo:  # the driver claims the cells it runs and draws their masks
-            method = cell_method(cell)
-            folder = cell_folder(store, cell, config_hash(cell_config(cell, method, grid)))
-            with writes_checked(options.out):
-                folder.mkdir(parents=True, exist_ok=True)
-                holder = claim_cell(folder)
-            if holder is not None:
-                text = f"running in another process ({holder.describe()})"
-                on_cell(CellReport(cell, "claimed", text))
-                continue
-            claimed.append((cell, folder))
-            status = store.status(folder)  # another run may have finished it since we looked
-            if status == "ok" or (status == "failed" and not options.retry_failed):
-                claimed.pop()
-                release_claim(folder)
-                on_cell(CellReport(cell, "skipped", "finished by another process"))
-                continue
-            corpus = ws.corpus(cell.dataset)
-            for split in ("test",) if cell.protocol == "paper" else ("val", "test"):
-                ws.masks.get(corpus, cell.fold, split, cell.mask, cell.seed)
-        if not claimed:
-            return
-        started = not ray.is_initialized()
-        if started:
-            init_ray(options)
-        device = resolve_device(options.device)
-        run = RayRun(
-            uuid.uuid4().hex,
-            grid,
-            replace(options, device=device.type),
-            options.resolved_jobs_per_device() if device.type == "cuda" else 1,
-        )
-        task = ray.remote(_cell_task).options(
-            max_retries=RAY_MAX_RETRIES, retry_exceptions=False, **task_resources(options)
-        )
-        run_ref = ray.put(run)
-        pending: dict[Any, tuple[Cell, Path]] = {
-            task.remote(run_ref, cell): (cell, folder) for cell, folder in claimed
-        }
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=MERGE_INTERVAL_S)
-            for ref in ready:
-                cell, folder = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except RayTaskError:
-                    raise  # a bug, not a lost worker: stop as the local executor would
-                except RayError as exc:
-                    message = " ".join(f"worker lost: {type(exc).__name__}: {exc}".split())[:500]
-                    attempts = RAY_MAX_RETRIES + 1
-                    result = lost_cell(cell, grid, str(device), message, attempts)
-                _write(store, folder, result, options.out)
-                on_cell(result.report)
-            refresh()
-    finally:
-        for _, folder in claimed:
-            release_claim(folder)
-        if started:
-            ray.shutdown()
+    grid: Grid
+    options: RunOptions
+    ws: Workspace
 
+    def run(
+        self,
+        stacks: Sequence[Stack],
+        on_cell: Callable[[CellReport], None],
+        tick: Callable[[], None],
+    ) -> None:
+        require_ray()
+        import ray
+        from ray.exceptions import RayError, RayTaskError
 
-def _write(store: ResultStore, folder: Path, result: CellResult, out: Path) -> None:
-    with writes_checked(out):
-        remove_stale_temporaries(folder)
-        write_cell_result(store, folder, result)
-    release_claim(folder)
+        options, ws = self.options, self.ws
+        claimed: list[Stack] = []
+        started = False
+        try:
+            for stack in stacks:
+                mine = tuple(claim_stack(stack, options, on_cell))
+                if not mine:
+                    continue
+                claimed.append(mine)
+                for planned in mine:  # drawn here, so the tasks only read them
+                    for split in ("test",) if planned.cell.protocol == "paper" else ("val", "test"):
+                        ws.eval_mask(planned, split)
+            if not claimed:
+                return
+            started = not ray.is_initialized()
+            if started:
+                init_ray(options)
+            device = resolve_device(options.device)
+            run = RayRun(
+                uuid.uuid4().hex,
+                self.grid,
+                replace(options, device=device.type),
+                options.resolved_jobs_per_device() if device.type == "cuda" else 1,
+            )
+            task = ray.remote(_stack_task).options(
+                max_retries=RAY_MAX_RETRIES, retry_exceptions=False, **task_resources(options)
+            )
+            run_ref = ray.put(run)
+            pending: dict[Any, Stack] = {task.remote(run_ref, stack): stack for stack in claimed}
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1, timeout=MERGE_INTERVAL_S)
+                for ref in ready:
+                    stack = pending.pop(ref)
+                    try:
+                        results = ray.get(ref)
+                    except RayTaskError:
+                        raise  # a bug, not a lost worker: stop as the local executor would
+                    except RayError as exc:
+                        text = f"worker lost: {type(exc).__name__}: {exc}"
+                        message = " ".join(text.split())[:500]
+                        attempts = RAY_MAX_RETRIES + 1
+                        results = [lost_cell(p, str(device), message, attempts) for p in stack]
+                    for planned, result in zip(stack, results, strict=True):
+                        write_result(planned, result, options)
+                        on_cell(result.report)
+                tick()
+        finally:
+            for stack in claimed:
+                for planned in stack:
+                    release_claim(planned.folder)
+            if started:
+                ray.shutdown()
 
 
 def init_ray(options: RunOptions) -> None:

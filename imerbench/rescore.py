@@ -48,7 +48,7 @@ def rescore_cell(
     test = SplitData(corpus, fold.test, device, pad_to=pad_to)
     store = MaskStore(Path(masks_dir) if masks_dir else cell_dir.parents[3] / "masks")
     spec = parse_mask_spec(config["mask"])
-    test.set_mask(store.get(corpus, config["fold"], "test", spec, config["seed"]))
+    test = test.with_mask(store.get(corpus, config["fold"], "test", spec, config["seed"]))
     model = method.build(data_spec(corpus)).to(device)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
     stage = method.stage_of(config["selected_epochs"][selection])

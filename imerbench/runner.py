@@ -1,70 +1,34 @@
-"""Run a grid: every cell trained once, written atomically, skipped when already done.
+"""Run a grid: plan it, execute its stacks, write each cell, merge results.csv.
 
-The local executor runs cells in this process (`jobs=1`) or in a pool of worker processes;
-the Ray executor (`imerbench.ray_executor`) runs them as Ray tasks. Each worker keeps its
-corpora and device tensors across cells. Each cell writes its own folder; only the parent
-process rebuilds the merged `results.csv`.
+plan (`imerbench/plan.py`: cells resolved once, grouped into stacks) -> compute
+(`imerbench/compute.py`: train and score, no disk) -> execute (`imerbench/execute.py`,
+`imerbench/ray_executor.py`: where stacks run) -> write (`imerbench/write.py`: claims, cell
+folders). Finished cells are skipped, so a killed run resumes where it stopped.
 """
 
 from __future__ import annotations
 
-import ctypes
-import os
-import signal
-import sys
 import time
 from collections.abc import Callable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import replace
-from multiprocessing import get_context
-from multiprocessing.queues import Queue
-
-import torch
 
 from imerbench.compute import CellReport, Workspace
-from imerbench.devices import limit_device_memory, resolve_device
+from imerbench.devices import resolve_device
 from imerbench.errors import ImerbenchError
-from imerbench.grid import Cell, Grid
-from imerbench.plan import EXECUTORS, RunOptions, pending_cells
-from imerbench.ray_executor import require_ray, run_on_ray
-from imerbench.results import (
-    ResultStore,
-)
-from imerbench.write import MERGE_INTERVAL_S, run_cell, writes_checked
-
-_WORKSPACE: Workspace | None = None
+from imerbench.execute import Executor, PoolExecutor, SerialExecutor
+from imerbench.grid import Grid
+from imerbench.plan import EXECUTORS, Plan, RunOptions, plan_grid
+from imerbench.ray_executor import RayExecutor, require_ray
+from imerbench.results import ResultStore, remove_stale_claim
+from imerbench.write import MERGE_INTERVAL_S, writes_checked
 
 
-def _die_with_parent(parent: int) -> None:
-    """Linux: a worker is killed with its parent, so a killed run leaves no orphan writing.
-    A parent killed before the signal was armed is caught by the pid check."""
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6", use_errno=True)
-            libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
-    if os.getppid() != parent:
-        os._exit(1)
-
-
-def _worker_init(
-    grid: Grid, options: RunOptions, threads: int, parent: int, slots: Queue[tuple[str, int]]
-) -> None:
-    """A pool worker takes one device slot: its device, and how many workers share it."""
-    global _WORKSPACE
-    _die_with_parent(parent)
-    torch.set_num_threads(threads)
-    device, sharing = slots.get()
-    if torch.device(device).type == "cuda":
-        torch.cuda.set_device(device)  # no stray context on cuda:0
-        limit_device_memory(torch.device(device), sharing)
-    _WORKSPACE = Workspace(grid, replace(options, device=device))
-
-
-def _worker_run(cell: Cell) -> CellReport:
-    assert _WORKSPACE is not None
-    return run_cell(cell, _WORKSPACE)
+def make_executor(plan: Plan, grid: Grid, options: RunOptions, ws: Workspace) -> Executor:
+    if options.executor == "ray":
+        return RayExecutor(grid, options, ws)
+    jobs = min(options.resolved_jobs(), len(plan.stacks))
+    if jobs <= 1:
+        return SerialExecutor(ws)
+    return PoolExecutor(grid, options, jobs)
 
 
 def run_grid(
@@ -82,7 +46,7 @@ def run_grid(
         options.out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails first
     try:
         resolve_device(options.device)  # fail before any work
-        todo, done = pending_cells(grid, options)
+        plan = plan_grid(grid, options)
         ws = Workspace(grid, options)
         for dataset in grid.datasets:  # bad data fails here, once, before any training
             ws.corpus(dataset)
@@ -91,12 +55,12 @@ def run_grid(
             options.out.rmdir()  # a run that never started leaves no empty results folder
         raise
     store = ResultStore(options.out)
-    for cell in done:
-        on_cell(CellReport(cell, "skipped"))
-    jobs = options.resolved_jobs()
+    for planned in plan.done:
+        remove_stale_claim(planned.folder)  # a run killed between writing rows and releasing
+        on_cell(CellReport(planned.cell, "skipped"))
     last_merge = time.monotonic()
 
-    def refresh() -> None:
+    def tick() -> None:
         # results.csv is a view rebuilt from every cell file: refreshed now and then while
         # the grid runs (the cell files are the record), and always at the end.
         nonlocal last_merge
@@ -105,34 +69,8 @@ def run_grid(
                 store.merge()
             last_merge = time.monotonic()
 
-    if options.executor == "ray":
-        run_on_ray(todo, grid, options, ws, on_cell, refresh)
-    elif jobs <= 1 or len(todo) <= 1:
-        for cell in todo:
-            on_cell(run_cell(cell, ws))
-            refresh()
-    else:
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        context = get_context("spawn")
-        slots = context.Queue()
-        devices = options.worker_devices(jobs)
-        for device in devices:
-            slots.put((device, devices.count(device)))
-        with ProcessPoolExecutor(
-            jobs,
-            mp_context=context,
-            initializer=_worker_init,
-            initargs=(grid, options, threads, os.getpid(), slots),
-        ) as pool:
-            running = {pool.submit(_worker_run, cell) for cell in todo}
-            while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    if future.exception() is not None:  # e.g. a full disk: start no more
-                        for other in running:
-                            other.cancel()
-                    on_cell(future.result())
-                refresh()
+    if plan.stacks:
+        make_executor(plan, grid, options, ws).run(plan.stacks, on_cell, tick)
     with writes_checked(options.out):
         store.merge()
     return store

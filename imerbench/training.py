@@ -20,7 +20,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from imerbench.data import MODALITIES, Corpus, MaskSpec, SplitData, train_mask
+from imerbench.data import MODALITIES, Batch, Corpus, MaskSpec, SplitData, train_mask
 from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
@@ -90,6 +90,28 @@ def float32_outputs(out: ModelOutput) -> ModelOutput:
     return replace(out, fused=out.fused.float(), heads={m: h.float() for m, h in out.heads.items()})
 
 
+def train_step(
+    method: Method,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Batch,
+    stage: str,
+    ctx: RunContext,
+    amp: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> Tensor:
+    """The one optimization step (the loop's, the estimator's and the speed benchmark's):
+    forward, the method's loss, backward, its gradient hook, the update. Returns the loss,
+    detached, on the device (no host sync)."""
+    with amp():
+        out = model(batch, stage)
+        loss = method.loss(model, out, batch, stage)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    method.after_backward(model, float32_outputs(out), batch, stage, ctx)
+    optimizer.step()
+    return loss.detach()
+
+
 def train_cell(
     method: Method,
     corpus: Corpus,
@@ -141,24 +163,17 @@ def train_cell(
         if method.stage_of(epoch) != stage:
             stage = method.stage_of(epoch)
             method.on_stage_start(model, stage, ctx)
-        train.set_mask(
-            train_mask(corpus.name, fold, mask, seed, epoch, train.num_utterances, groups)
-        )
         order = rng("order", *stream, epoch).permutation(train.num_dialogues)
         model.train()
         loss_sum = torch.zeros((), device=device)
         steps = 0
-        for batch in train.batches(
+        masked = train.with_mask(
+            train_mask(corpus.name, fold, mask, seed, epoch, train.num_utterances, groups)
+        )
+        for batch in masked.batches(
             method.hp["batch_size"], order, method.fixed_length, complete=method.needs_complete
         ):
-            with amp():
-                out = model(batch, stage)
-                loss = method.loss(model, out, batch, stage)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            method.after_backward(model, float32_outputs(out), batch, stage, ctx)
-            optimizer.step()
-            loss_sum += loss.detach()
+            loss_sum += train_step(method, model, optimizer, batch, stage, ctx, amp)
             steps += 1
         mean_loss = float(loss_sum) / max(steps, 1)  # one host sync per epoch
         if not math.isfinite(mean_loss):

@@ -1,28 +1,23 @@
-"""Writing a cell: claim its folder, compute it, write its files and then its rows (from
-then on it counts as done); a disk that refuses a write stops the run with one line.
+"""Writing cells: claim their folders, compute them, write their files and then their rows
+(from then on a cell counts as done); a disk that refuses a write stops the run with one line.
 
 A process claims a cell before training it (`<cell>/claim`, see `results.claim_cell`), so
 runs sharing an output folder never train one cell twice; the claim of a process that died
-is stale and taken over."""
+is stale and taken over. Claims are per cell, also for cells computed as one stack."""
 
 from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from imerbench.compute import CellReport, CellResult, Workspace, compute_cell, log_line
+from imerbench.compute import CellReport, CellResult, Workspace, compute_stack, log_line
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write
-from imerbench.grid import Cell
-from imerbench.plan import cell_config, cell_folder, cell_method, config_hash
-from imerbench.results import (
-    ResultStore,
-    claim_cell,
-    release_claim,
-)
+from imerbench.plan import PlannedCell, RunOptions, Stack
+from imerbench.results import ResultStore, claim_cell, release_claim
 
 MERGE_INTERVAL_S = 30.0  # how often a running grid rebuilds results.csv
 
@@ -35,35 +30,71 @@ def write_cell_result(store: ResultStore, folder: Path, result: CellResult) -> N
     store.write_cell(folder, result.report.rows)
 
 
-def run_cell(cell: Cell, ws: Workspace) -> CellReport:
-    """Claim one cell, train it and write its folder (the log as it goes); a failure
-    becomes a `failed` row, not a crash. A cell another live process has claimed is left to
-    it (`claimed`), one finished meanwhile is `skipped`; a disk that refuses the writes
-    stops the run with one clear error."""
-    store = ResultStore(ws.options.out)
-    method = cell_method(cell)
-    folder = cell_folder(store, cell, config_hash(cell_config(cell, method, ws.grid)))
-    with writes_checked(ws.options.out):
-        folder.mkdir(parents=True, exist_ok=True)
-        holder = claim_cell(folder)
+def claim_stack(
+    stack: Stack, options: RunOptions, on_cell: Callable[[CellReport], None]
+) -> list[PlannedCell]:
+    """Claim each cell of a stack; those another live process holds (`claimed`) or that one
+    finished meanwhile (`skipped`) are reported and left out. The caller releases the claims
+    of the cells returned."""
+    store = ResultStore(options.out)
+    mine = []
+    for planned in stack:
+        with writes_checked(options.out):
+            planned.folder.mkdir(parents=True, exist_ok=True)
+            holder = claim_cell(planned.folder)
         if holder is not None:
-            return CellReport(cell, "claimed", f"running in another process ({holder.describe()})")
+            text = f"running in another process ({holder.describe()})"
+            on_cell(CellReport(planned.cell, "claimed", text))
+            continue
+        status = store.status(planned.folder)  # another run may have finished it since we looked
+        if status == "ok" or (status == "failed" and not options.retry_failed):
+            release_claim(planned.folder)
+            on_cell(CellReport(planned.cell, "skipped", "finished by another process"))
+            continue
+        mine.append(planned)
+    return mine
+
+
+def write_result(planned: PlannedCell, result: CellResult, options: RunOptions) -> None:
+    """Write a computed cell's folder (stale temporaries first), then release its claim."""
+    with writes_checked(options.out):
+        remove_stale_temporaries(planned.folder)
+        write_cell_result(ResultStore(options.out), planned.folder, result)
+    release_claim(planned.folder)
+
+
+def run_stack(stack: Stack, ws: Workspace) -> list[CellReport]:
+    """Claim a stack's cells, compute the claimed ones together (each cell's log in its own
+    folder as it goes) and write each; a failure becomes a `failed` row, not a crash."""
+    reports: list[CellReport] = []
+    mine = claim_stack(stack, ws.options, reports.append)
+    try:
+        logs = []
+        for planned in mine:
+            remove_stale_temporaries(planned.folder)
+            with writes_checked(ws.options.out):
+                logs.append((planned.folder / "log.txt").open("w", encoding="utf-8"))
+
+        def logger(k: int) -> Callable[[str], None]:
+            def log(message: str) -> None:
+                logs[k].write(log_line(message))
+                logs[k].flush()
+
+            return log
+
         try:
-            status = store.status(folder)  # another run may have finished it since we looked
-            if status == "ok" or (status == "failed" and not ws.options.retry_failed):
-                return CellReport(cell, "skipped", "finished by another process")
-            remove_stale_temporaries(folder)
-            with (folder / "log.txt").open("w", encoding="utf-8") as log_file:
-
-                def log(message: str) -> None:
-                    log_file.write(log_line(message))
-                    log_file.flush()
-
-                result = compute_cell(cell, ws, log)
-                write_cell_result(store, folder, result)
+            with writes_checked(ws.options.out):
+                results = compute_stack(mine, ws, [logger(k) for k in range(len(mine))])
         finally:
-            release_claim(folder)
-    return result.report
+            for log_file in logs:
+                log_file.close()
+        for planned, result in zip(mine, results, strict=True):
+            write_result(planned, result, ws.options)
+            reports.append(result.report)
+    finally:
+        for planned in mine:
+            release_claim(planned.folder)  # no-op for those written
+    return reports
 
 
 def write_failure(exc: OSError, out: Path) -> ImerbenchError | None:

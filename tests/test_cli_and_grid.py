@@ -19,9 +19,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_default_grid_is_every_method_on_synthetic() -> None:
     grid = default_grid()
     assert [m.label for m in grid.methods] == list_methods()
-    assert grid.datasets == ["synthetic"]
+    assert grid.datasets == ("synthetic",)
     assert [str(m) for m in grid.missing_rates] == ["0.0", "0.3", "0.5", "0.7"]
-    assert grid.seeds == [0, 1]
+    assert grid.seeds == (0, 1)
     assert len(grid.cells()) == len(list_methods()) * 8
 
 

@@ -159,7 +159,7 @@ def test_ablation_grid_switches_each_fix_off_in_turn() -> None:
     switched = [dict(m.overrides) for m in grid.methods if m.name == "comp" and m.overrides]
     assert sorted(k for o in switched for k in o) == sorted(FIXES)
     assert all(list(o.values()) == [False] for o in switched)
-    assert grid.datasets == ["synthetic"]
+    assert grid.datasets == ("synthetic",)
 
 
 # ---- padding: trimmed batches and packed rows --------------------------------------------------
@@ -182,7 +182,7 @@ def full_and_trimmed(task: str) -> tuple[DataSpec, Batch, Batch]:
     """The 7 shortest of 12 dialogues, padded to the corpus's padded length and trimmed."""
     corpus = tiny_corpus(task, num_dialogues=12)
     data = SplitData(corpus, np.arange(12), "cpu", pad_to=corpus.pad_length)
-    data.set_mask(np.random.default_rng(5).random((data.num_utterances, 3)) < 0.6)
+    data = data.with_mask(np.random.default_rng(5).random((data.num_utterances, 3)) < 0.6)
     order = data.by_length()[:7]
     full = next(iter(data.batches(7, order, fixed_length=True)))
     trimmed = next(iter(data.batches(7, order, fixed_length=False)))
@@ -285,7 +285,7 @@ def test_prediction_does_not_depend_on_the_rest_of_the_batch(name: str) -> None:
     corpus = tiny_corpus(num_dialogues=12)
     _, model = build(name, data_spec(corpus))
     data = SplitData(corpus, np.arange(12), "cpu", pad_to=corpus.pad_length)
-    data.set_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
+    data = data.with_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
     model.eval()
     first = predictions_by_dialogue(model, data, 4, np.arange(12), "multimodal")
     shuffled = np.random.default_rng(1).permutation(12)
@@ -304,7 +304,7 @@ def test_released_pools_are_the_training_batches_whatever_the_evaluation_batch()
     method, model = build("comp-ref", data_spec(corpus), batch_size=4)
     assert evaluation_batching(method) == (256, True)
     data = SplitData(corpus, np.arange(14), "cpu", pad_to=corpus.pad_length)
-    data.set_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
+    data = data.with_mask(np.random.default_rng(0).random((data.num_utterances, 3)) < 0.7)
     model.eval()
     order = np.arange(14)
     released = predictions_by_dialogue(model, data, 4, order, "multimodal")  # 4+4+4+2
@@ -321,7 +321,7 @@ def test_missing_and_padded_utterances_do_not_feed_the_prototypes(name: str) -> 
     corpus = tiny_corpus(num_dialogues=8)
     _, model = build(name, data_spec(corpus))
     data = SplitData(corpus, np.arange(8), "cpu", pad_to=corpus.pad_length)
-    data.set_mask(np.random.default_rng(2).random((data.num_utterances, 3)) < 0.6)
+    data = data.with_mask(np.random.default_rng(2).random((data.num_utterances, 3)) < 0.6)
     batch = next(iter(data.batches(8, None, fixed_length=True)))
     hidden = ~(batch.available & batch.valid.unsqueeze(-1))  # [B, L, 3] missing or padding
     assert hidden[..., 0][batch.valid].any() and (~batch.valid).any()
@@ -482,7 +482,7 @@ def test_diagnostics_report_the_last_evaluation_pass() -> None:
     corpus = tiny_corpus(num_dialogues=10)
     method, model = build("comp", data_spec(corpus))
     data = SplitData(corpus, np.arange(10), "cpu", pad_to=corpus.pad_length)
-    data.set_mask(np.random.default_rng(4).random((data.num_utterances, 3)) < 0.7)
+    data = data.with_mask(np.random.default_rng(4).random((data.num_utterances, 3)) < 0.7)
     assert method.diagnostics(model) == {}
     model.eval()
     weights = []

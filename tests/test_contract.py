@@ -54,7 +54,7 @@ def test_every_missing_pattern_runs(name: str, task: str) -> None:
         method.on_stage_start(model, stage, ctx)
         for condition in SUBSETS:
             keep = np.array([m in condition for m in "atv"])
-            data.set_mask(np.tile(keep, (data.num_utterances, 1)))
+            data = data.with_mask(np.tile(keep, (data.num_utterances, 1)))
             batch = first_batch(method, data)
             with torch.no_grad():
                 out = model(batch, stage)
@@ -67,7 +67,7 @@ def test_every_missing_pattern_runs(name: str, task: str) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_loss_is_finite_and_every_parameter_learns(name: str) -> None:
     _corpus, method, model, data = build(name)
-    data.set_mask(draw_rate_mask(data.num_utterances, 0.3, np.random.default_rng(0)))
+    data = data.with_mask(draw_rate_mask(data.num_utterances, 0.3, np.random.default_rng(0)))
     batch = first_batch(method, data, complete=method.needs_complete)  # as training sees it
     model.train()
     ctx = RunContext.for_metric("wa")
@@ -97,7 +97,7 @@ def test_loss_is_finite_and_every_parameter_learns(name: str) -> None:
 @pytest.mark.parametrize("name", METHODS)
 def test_values_at_missing_positions_cannot_leak(name: str) -> None:
     _corpus, method, model, data = build(name)
-    data.set_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(1)))
+    data = data.with_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(1)))
     model.eval()
     clean = first_batch(method, data)
     gen = torch.Generator().manual_seed(2)

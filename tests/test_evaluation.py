@@ -19,7 +19,7 @@ def trained_free_model(name: str):
     torch.manual_seed(0)
     model = method.build(data_spec(corpus))
     data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
-    data.set_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(0)))
+    data = data.with_mask(draw_rate_mask(data.num_utterances, 0.5, np.random.default_rng(0)))
     return corpus, method, model, data
 
 
@@ -53,7 +53,7 @@ def test_forced_subsets_show_exactly_their_modalities() -> None:
     assert len(with_t) == 1 and len(without_t) == 1
     assert with_t != without_t
     # The forced "t" score equals scoring with a hand-made all-text mask.
-    data.set_mask(np.tile([False, True, False], (data.num_utterances, 1)))
+    data = data.with_mask(np.tile([False, True, False], (data.num_utterances, 1)))
     assert evaluate(model, method, data, "train", corpus.task)["fused"]["wa"] == pytest.approx(
         scores["t"]["fused"]["wa"]
     )

@@ -32,7 +32,7 @@ from imerbench.errors import ImerbenchError
 from imerbench.grid import Grid, grid_from_dict
 from imerbench.leaderboard import leaderboards, render
 from imerbench.method import Method, Param
-from imerbench.plan import RunOptions, cell_config, cell_folder, cell_method, config_hash
+from imerbench.plan import RunOptions, config_hash, plan_cell
 from imerbench.registry import register_method, unregister_method
 from imerbench.results import (
     COLUMNS,
@@ -148,10 +148,7 @@ def test_one_of_many_racing_processes_wins_a_claim(tmp_path: Path, stale: bool) 
 
 
 def first_cell_folder(grid: Grid, out: Path) -> Path:
-    cell = grid.cells()[0]
-    return cell_folder(
-        ResultStore(out), cell, config_hash(cell_config(cell, cell_method(cell), grid))
-    )
+    return plan_cell(grid.cells()[0], grid, ResultStore(out)).folder
 
 
 def test_a_cell_claimed_by_a_live_process_is_left_to_it(small_grid, tmp_path: Path) -> None:
@@ -577,8 +574,10 @@ def test_a_cell_reruns_from_its_cell_json_to_identical_rows(small_grid, tmp_path
 
     rerun = grid_from_cell_json(meta)
     (cell,) = rerun.cells()
-    config = cell_config(cell, cell_method(cell), rerun)
-    assert config_hash(config) == meta["config_hash"]  # the same configuration, exactly
+    planned = plan_cell(cell, rerun, ResultStore(tmp_path / "b"))
+    config = planned.config
+    # the same configuration, exactly
+    assert config_hash(config) == planned.digest == meta["config_hash"]
     assert json.loads(json.dumps(config, default=str)) == {k: meta[k] for k in config}
     run_grid(rerun, RunOptions(out=tmp_path / "b", device="cpu", save_weights=False))
     (second,) = (tmp_path / "b").glob("cells/*/*/*")

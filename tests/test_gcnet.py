@@ -185,7 +185,7 @@ def test_training_loss_targets_the_complete_features_at_missing_entries() -> Non
     model = method.build(data_spec(corpus)).eval()
     data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
     rng = np.random.default_rng(0)
-    data.set_mask(rng.random((data.num_utterances, 3)) > 0.5)
+    data = data.with_mask(rng.random((data.num_utterances, 3)) > 0.5)
     batch = next(iter(data.batches(6, complete=True)))
     assert batch.complete is not None
     out = model(batch, "train")

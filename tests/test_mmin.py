@@ -129,7 +129,7 @@ def test_student_loss_uses_teacher_embeddings_of_missing_modalities_only() -> No
     torch.manual_seed(0)
     model = method.build(data_spec(corpus))
     data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
-    data.set_mask(np.random.default_rng(0).random((data.num_utterances, 3)) > 0.5)
+    data = data.with_mask(np.random.default_rng(0).random((data.num_utterances, 3)) > 0.5)
     batch = next(iter(data.batches(8, complete=True)))
     torch.manual_seed(1)
     model.train()

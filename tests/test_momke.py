@@ -21,7 +21,7 @@ def _setup(rate: float = 0.5, seed: int = 0):
     model = method.build(data_spec(corpus))
     data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
     rng = np.random.default_rng(seed)
-    data.set_mask(rng.random((data.num_utterances, 3)) > rate)
+    data = data.with_mask(rng.random((data.num_utterances, 3)) > rate)
     batch = next(iter(data.batches(8, complete=True)))
     return method, model, batch
 

@@ -72,7 +72,7 @@ def test_bf16_forward_runs_in_bfloat16_and_predictions_come_back_float32() -> No
     method = create_method("early-fusion", "quick")
     model = method.build(data_spec(corpus))
     data = SplitData(corpus, corpus.fold(0).get("test"), "cpu")
-    data.set_mask(MaskStore(None).get(corpus, 0, "test", parse_mask_spec("0.0"), 0))
+    data = data.with_mask(MaskStore(None).get(corpus, 0, "test", parse_mask_spec("0.0"), 0))
     batch = next(data.batches(4, None, method.fixed_length))
     with autocast("cpu", "bf16"):
         assert model(batch, method.stages[-1]).fused.dtype == torch.bfloat16

@@ -76,6 +76,6 @@ def splits_for(
     for split in ("train", "val", "test") if with_val else ("train", "test"):
         data = SplitData(corpus, fold.get(split), "cpu", pad_to=pad_to)
         if split != "train":
-            data.set_mask(store.get(corpus, 0, split, mask, seed))
+            data = data.with_mask(store.get(corpus, 0, split, mask, seed))
         out[split] = data
     return out

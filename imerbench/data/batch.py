@@ -1,12 +1,13 @@
 """The one batch type, and a split of a corpus held as padded tensors on the device.
 
-A split is converted once per worker (`SplitData`); an epoch then only swaps its availability
-mask and slices dialogues out of device-resident tensors, so the training loop never touches
-host memory per step.
+A split is converted once per worker (`SplitData`); an epoch then only takes a view of it
+under its availability mask (`with_mask`) and slices dialogues out of device-resident
+tensors, so the training loop never touches host memory per step.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
 
@@ -111,11 +112,14 @@ class SplitData:
         flat[self.slot] = torch.as_tensor(mask, dtype=torch.bool, device=self.device)
         return flat.view(self.num_dialogues, self.pad_length, -1) & self.present
 
-    def set_mask(self, mask: np.ndarray | Tensor) -> None:
-        """Use this availability mask (one row per utterance, split order) from now on."""
+    def with_mask(self, mask: np.ndarray | Tensor) -> SplitData:
+        """This split under another availability mask (one row per utterance, split order):
+        a view sharing every tensor but the mask, so a cached split is never changed."""
         if len(mask) != self.num_utterances:
             raise ValueError(f"mask has {len(mask)} rows for {self.num_utterances} utterances")
-        self.available = self.grid_mask(mask)
+        view = copy.copy(self)
+        view.available = self.grid_mask(mask)
+        return view
 
     def by_length(self) -> np.ndarray:
         """Dialogue order, shortest first: evaluation batches then carry little padding."""

@@ -370,7 +370,7 @@ def compare_with_released(
         start = time.perf_counter()
         model.train()
         for batch in train_batches:
-            train_step(method, model, optimizer, batch, stage, ctx)
+            train_step(method, model, optimizer, [batch], stage, ctx)
         sync()
         middle = time.perf_counter()
         predict(model, method, ours["test"], stage)

@@ -38,7 +38,8 @@ from imerbench.provenance import code_version, provenance
 from imerbench.results import (
     SCHEMA_VERSION,
 )
-from imerbench.training import CellFailure, TrainOutcome, train_cell
+from imerbench.selection import CellFailure, TrainOutcome
+from imerbench.training import Member, train_stack
 
 
 @dataclass
@@ -237,56 +238,18 @@ def failed_row(base: dict[str, Any], message: str, seconds: float) -> dict[str, 
 def compute_cell(
     planned: PlannedCell, ws: Workspace, log: Callable[[str], None], attempts: int = 1
 ) -> CellResult:
-    """Train one cell without touching its folder; a failure becomes a `failed` row, not a
-    crash. `attempts`: how many times the cell has been started, this time included."""
-    cell, method, config, digest = planned.cell, planned.method, planned.config, planned.digest
-    info = resolve_dataset(cell.dataset)
-    base = row_base(cell, method, digest, describe_device(ws.device), attempts)
-    start = time.perf_counter()
-    precision = ws.grid.precision
-    log(f"cell {cell.describe()} ({cell.protocol} protocol) on {base['device']}, {precision}")
-    log(f"config {json.dumps(config, sort_keys=True, default=str)}")
-    try:
-        splits = ws.splits(planned)
-        realized = realized_missing_rate(ws.eval_mask(planned, "test"))
-        outcome = train_cell(
-            method,
-            ws.corpus(cell.dataset),
-            splits,
-            fold=cell.fold,
-            mask=cell.mask,
-            seed=cell.seed,
-            primary=info.primary_metric,
-            precision=precision,
-            log=log,
-        )
-    except (
-        CellFailure,
-        ImerbenchError,
-        RuntimeError,
-        ValueError,
-        FloatingPointError,
-        MemoryError,
-    ) as exc:
-        log(traceback.format_exc())
-        message = failure_message(exc)
-        if is_out_of_memory(exc):
-            free_memory(exc, ws.device)
-        row = failed_row(base, message, time.perf_counter() - start)
-        report = CellReport(cell, "failed", message, time.perf_counter() - start, [row])
-        meta = config | run_context(ws, method, digest) | {"error": message}
-        return CellResult(report, digest, {"cell.json": json.dumps(meta, indent=2, default=str)})
-    base |= {"train_seconds": outcome.train_seconds, "parameters": outcome.parameters}
-    rows = outcome_rows(cell, outcome, base, realized)
-    meta = config | run_context(ws, method, digest)
-    files = artifact_files(meta, outcome, ws.options.save_weights)
-    primary = info.primary_metric
-    shown = [
-        f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch + 1})"
-        for sel, s in outcome.selected.items()
-    ]
-    report = CellReport(cell, "ok", ", ".join(shown), time.perf_counter() - start, rows)
-    return CellResult(report, digest, files)
+    """Train one cell without touching its folder (a stack of one, see `compute_stack`)."""
+    return compute_stack([planned], ws, [log], attempts)[0]
+
+
+TRAINING_ERRORS = (
+    CellFailure,
+    ImerbenchError,
+    RuntimeError,
+    ValueError,
+    FloatingPointError,
+    MemoryError,
+)
 
 
 def compute_stack(
@@ -295,10 +258,81 @@ def compute_stack(
     logs: Sequence[Callable[[str], None]],
     attempts: int = 1,
 ) -> list[CellResult]:
-    """Compute a stack's cells (one log per cell), each result as if computed alone."""
+    """Train a stack's cells together (`imerbench/stacking.py`) without touching their
+    folders, one log per cell; each result is what the cell alone would give. A failure
+    becomes a `failed` row, not a crash: a member's own failure (a non-finite loss) fails
+    it alone, an error of the whole stack fails every cell. `attempts`: how many times the
+    stack has been started, this time included."""
+    first = stack[0]
+    method, cell = first.method, first.cell
+    info = resolve_dataset(cell.dataset)
+    device = describe_device(ws.device)
+    precision = ws.grid.precision
+    beside = f", in a stack of {len(stack)}" if len(stack) > 1 else ""
+    for planned, log in zip(stack, logs, strict=True):
+        c = planned.cell
+        log(f"cell {c.describe()} ({c.protocol} protocol) on {device}, {precision}{beside}")
+        log(f"config {json.dumps(planned.config, sort_keys=True, default=str)}")
+    start = time.perf_counter()
+    outcomes: list[TrainOutcome | BaseException]
+    try:
+        members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
+        outcomes = list(
+            train_stack(
+                method,
+                ws.corpus(cell.dataset),
+                members,
+                fold=cell.fold,
+                primary=info.primary_metric,
+                precision=precision,
+                logs=logs,
+            )
+        )
+    except TRAINING_ERRORS as exc:
+        for log in logs:
+            log(traceback.format_exc())
+        if is_out_of_memory(exc):
+            free_memory(exc, ws.device)
+        outcomes = [exc] * len(stack)
+    for outcome, log in zip(outcomes, logs, strict=True):
+        if isinstance(outcome, CellFailure):
+            log(f"failed: {outcome}")
+    seconds = (time.perf_counter() - start) / len(stack)  # a cell's share of the stack
     return [
-        compute_cell(planned, ws, log, attempts) for planned, log in zip(stack, logs, strict=True)
+        cell_result(planned, outcome, ws, attempts, seconds, len(stack))
+        for planned, outcome in zip(stack, outcomes, strict=True)
     ]
+
+
+def cell_result(
+    planned: PlannedCell,
+    outcome: TrainOutcome | BaseException,
+    ws: Workspace,
+    attempts: int,
+    seconds: float,
+    stack_size: int,
+) -> CellResult:
+    """A computed cell's rows and files, or its one failed row."""
+    cell, method, digest = planned.cell, planned.method, planned.digest
+    base = row_base(cell, method, digest, describe_device(ws.device), attempts)
+    meta = planned.config | run_context(ws, method, digest) | {"stack_size": stack_size}
+    if isinstance(outcome, BaseException):
+        message = failure_message(outcome)
+        row = failed_row(base, message, seconds)
+        report = CellReport(cell, "failed", message, seconds, [row])
+        meta |= {"error": message}
+        return CellResult(report, digest, {"cell.json": json.dumps(meta, indent=2, default=str)})
+    base |= {"train_seconds": outcome.train_seconds, "parameters": outcome.parameters}
+    realized = realized_missing_rate(ws.eval_mask(planned, "test"))
+    rows = outcome_rows(cell, outcome, base, realized)
+    files = artifact_files(meta, outcome, ws.options.save_weights)
+    primary = resolve_dataset(cell.dataset).primary_metric
+    shown = [
+        f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch + 1})"
+        for sel, s in outcome.selected.items()
+    ]
+    report = CellReport(cell, "ok", ", ".join(shown), seconds, rows)
+    return CellResult(report, digest, files)
 
 
 def artifact_files(

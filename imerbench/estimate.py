@@ -54,7 +54,7 @@ def probe(planned: PlannedCell, ws: Workspace) -> Probe:
     timed = []
     for k, batch in zip(range(3), batches, strict=False):
         begin = time.perf_counter()
-        train_step(method, model, optimizer, batch, stage, ctx, amp)
+        train_step(method, model, optimizer, [batch], stage, ctx, amp)
         if k:  # the first step warms up
             timed.append(time.perf_counter() - begin)
     step = sum(timed) / len(timed) if timed else 0.0

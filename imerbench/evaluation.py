@@ -8,6 +8,8 @@ Outputs are the fused prediction and, where a method has them, its unimodal head
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -15,33 +17,44 @@ from torch import Tensor, nn
 from imerbench.data import MODALITIES, SUBSETS, SplitData
 from imerbench.method import Method, evaluation_batching
 from imerbench.metrics import compute_metrics
+from imerbench.stacking import concat_batches, split_output
 
 Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
 
 
-@torch.no_grad()
 def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> dict[str, Tensor]:
-    """Predictions [n, C] of every output for the split's real utterances, in split order.
+    """Predictions [n, C] of every output for the split's real utterances, in split order."""
+    return predict_members(model, method, [data], stage)[0]
+
+
+@torch.no_grad()
+def predict_members(
+    model: nn.Module, method: Method, members: Sequence[SplitData], stage: str
+) -> list[dict[str, Tensor]]:
+    """`predict` for each member of a stack (`imerbench/stacking.py`): one view per member of
+    the same split, each under its own mask, evaluated in one pass of the stacked model.
 
     Dialogues are batched shortest first (less padding), unless the method's predictions
     depend on which dialogues share a batch; then they go in split order, as published.
     """
     was_training = model.training
     model.eval()
+    data = members[0]
     size, in_split_order = evaluation_batching(method)
     order = np.arange(data.num_dialogues) if in_split_order else data.by_length()
-    preds: dict[str, Tensor] = {}
-    batches = data.batches(size, order, fixed_length=method.fixed_length)
-    for start, batch in zip(range(0, len(order), size), batches, strict=True):
-        out = model(batch, stage)
+    preds: list[dict[str, Tensor]] = [{} for _ in members]
+    streams = [m.batches(size, order, fixed_length=method.fixed_length) for m in members]
+    for start, batches in zip(range(0, len(order), size), zip(*streams, strict=True), strict=True):
+        outs = split_output(model(concat_batches(batches), stage), len(members))
         rows = data.positions(order[start : start + size])
-        outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
-        for name, pred in outputs.items():
-            if name not in preds:  # float32 even under bf16 autocast: metrics see full precision
-                preds[name] = pred.new_zeros(
-                    data.num_utterances, pred.shape[-1], dtype=torch.float32
-                )
-            preds[name][rows] = pred[batch.valid].float()
+        for into, out, batch in zip(preds, outs, batches, strict=True):
+            outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}
+            for name, pred in outputs.items():
+                if name not in into:  # float32 even under bf16 autocast: metrics see all digits
+                    into[name] = pred.new_zeros(
+                        data.num_utterances, pred.shape[-1], dtype=torch.float32
+                    )
+                into[name][rows] = pred[batch.valid].float()
     model.train(was_training)
     return preds
 

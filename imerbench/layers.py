@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES
+from imerbench.stacking import CellDropout, linear
 
 
 @dataclass(frozen=True)
@@ -79,9 +80,9 @@ class Mlp(nn.Module):
 
 def twin_mlp(first: Mlp, second: Mlp, x: Tensor) -> tuple[Tensor, Tensor]:
     """Two `Mlp`s of the same shape on the same input, their first layers as one product."""
-    weight = torch.cat([first.fc1.weight, second.fc1.weight])
-    bias = torch.cat([first.fc1.bias, second.fc1.bias])
-    hidden = first.drop(first.act(F.linear(x, weight, bias)))
+    weight = torch.cat([first.fc1.weight, second.fc1.weight], dim=-2)  # also [K, out, in]
+    bias = torch.cat([first.fc1.bias, second.fc1.bias], dim=-1)
+    hidden = first.drop(first.act(linear(x, weight, bias)))
     one, two = hidden.chunk(2, dim=-1)
     return first.drop(first.fc2(one)), second.drop(second.fc2(two))
 
@@ -130,9 +131,9 @@ class KeyMaskedAttention(nn.Module):
 
     def qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The three projections of x [..., D] as one product (a wider matrix runs faster)."""
-        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight])
-        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias])
-        q, k, v = F.linear(x, weight, bias).chunk(3, dim=-1)
+        weight = torch.cat([self.q.weight, self.k.weight, self.v.weight], dim=-2)
+        bias = torch.cat([self.q.bias, self.k.bias, self.v.bias], dim=-1)
+        q, k, v = linear(x, weight, bias).chunk(3, dim=-1)  # also a stack's [K, out, in]
         return q, k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, key_mask: Tensor) -> Tensor:
@@ -141,14 +142,23 @@ class KeyMaskedAttention(nn.Module):
         b, h, n, dh = q.shape
         keys = key_mask[:, None, None, :]  # [B, 1, 1, L]
         has_key = keys.any(dim=-1, keepdim=True)  # [B, 1, 1, 1]
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=keys | ~has_key,
-            dropout_p=self.attn_drop.p if self.training else 0.0,
-            scale=self.scale,
-        )  # [B, H, L, D/H]
+        allowed = keys | ~has_key
+        drop = self.attn_drop
+        drawn = isinstance(drop, CellDropout) and drop.noise is not None
+        if self.training and drop.p > 0 and drawn:
+            # The weights' dropout drawn from the cell's own stream (see imerbench/stacking.py)
+            scores = (q @ k.transpose(-1, -2)) * self.scale
+            weights = scores.masked_fill(~allowed, float("-inf")).softmax(dim=-1)
+            out = drop(weights) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=allowed,
+                dropout_p=drop.p if self.training else 0.0,
+                scale=self.scale,
+            )  # [B, H, L, D/H]
         return (out * has_key).transpose(1, 2).reshape(b, n, h * dh)
 
 

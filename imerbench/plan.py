@@ -19,6 +19,7 @@ from imerbench.grid import Cell, Grid
 from imerbench.method import Method
 from imerbench.registry import create_method
 from imerbench.results import SCHEMA_VERSION, ResultStore
+from imerbench.stacking import can_stack
 
 EXECUTORS = ("local", "ray")
 # Automatic cells per stack: on a CPU a stack of 8 removes most of the per-operation overhead
@@ -165,7 +166,7 @@ def group_stacks(cells: tuple[PlannedCell, ...], most: int) -> tuple[Stack, ...]
         groups.setdefault(planned.stack_key, []).append(planned)
     stacks: list[Stack] = []
     for group in groups.values():
-        size = most if group[0].method.stackable else 1
+        size = most if can_stack(group[0].method) else 1
         stacks += [tuple(group[k : k + size]) for k in range(0, len(group), size)]
     return tuple(stacks)
 

@@ -1,59 +1,34 @@
-"""The one training loop. Every method is trained, evaluated and selected here.
-
-Selection, from one run:
-- `val`: the epoch with the best primary metric on validation, among the epochs of the
-  method's last stage; its weights are restored and the test split is scored once.
-- `test-oracle`: the epoch with the best primary metric on test, over all epochs (what the
-  published code reports). It needs a test evaluation every epoch; those scores never
-  influence `val`.
-"""
+"""The one training loop. Every method is trained and evaluated here, a cell alone or the
+cells of a stack together (`imerbench/stacking.py`); the epochs to keep are chosen as
+`imerbench/selection.py` describes, and scored there."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from functools import partial
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch, Corpus, MaskSpec, SplitData, train_mask
-from imerbench.evaluation import Scores, evaluate, predict, score, subset_scores
+from imerbench.evaluation import Scores, condition_mask, predict_members, score
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
-
-# (epoch, stage, split, condition, output, metric, value); condition "mask" is the split's
-# stored mask, "a"/"t"/"v" the forced single-modality curves.
-HistoryRow = tuple[int, str, str, str, str, str, float]
-
-
-class CellFailure(Exception):
-    """The run cannot go on (non-finite loss, ...); the cell is recorded as failed."""
-
-
-@dataclass
-class Selected:
-    """The outcome of one selection protocol."""
-
-    selection: str
-    epoch: int
-    test: Scores
-    state: dict[str, Tensor] = field(repr=False)
-    # Forced subsets ("a", "at", ...) and patterns ("pattern-at", ...) of the test split.
-    conditions: dict[str, Scores] = field(default_factory=dict)
-
-
-@dataclass
-class TrainOutcome:
-    selected: dict[str, Selected]
-    history: list[HistoryRow]
-    epochs: int
-    parameters: int
-    train_seconds: float
-    diagnostics: dict[str, float]
+from imerbench.selection import CellFailure, HistoryRow, TrainOutcome, finish_member
+from imerbench.stacking import (
+    Noise,
+    can_stack,
+    concat_batches,
+    member_state,
+    split_output,
+    stack_models,
+    use_cell_dropout,
+)
 
 
 def data_spec(corpus: Corpus) -> DataSpec:
@@ -64,10 +39,6 @@ def data_spec(corpus: Corpus) -> DataSpec:
         pad_length=corpus.pad_length,
         num_speakers=len(corpus.speaker_names),
     )
-
-
-def snapshot(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def autocast(device: torch.device | str, precision: str) -> AbstractContextManager[None]:
@@ -94,22 +65,87 @@ def train_step(
     method: Method,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    batch: Batch,
+    batches: Sequence[Batch],
     stage: str,
     ctx: RunContext,
     amp: Callable[[], AbstractContextManager[None]] = nullcontext,
+    live: Sequence[bool] | None = None,
 ) -> Tensor:
     """The one optimization step (the loop's, the estimator's and the speed benchmark's):
-    forward, the method's loss, backward, its gradient hook, the update. Returns the loss,
-    detached, on the device (no host sync)."""
+    forward, the method's loss, backward, its gradient hook, the update. `batches`: one per
+    member of a stack (one for a cell alone); each member's loss is computed on its own rows,
+    and members not `live` (failed) add nothing. Returns the losses [K], detached, on the
+    device (no host sync)."""
+    batch = concat_batches(batches)
     with amp():
         out = model(batch, stage)
-        loss = method.loss(model, out, batch, stage)
+        outs = split_output(out, len(batches))
+        losses = [method.loss(model, o, b, stage) for o, b in zip(outs, batches, strict=True)]
+    if len(losses) == 1:
+        total = losses[0]
+    else:
+        keep = live or [True] * len(losses)
+        total = torch.stack([x for x, k in zip(losses, keep, strict=True) if k]).sum()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    method.after_backward(model, float32_outputs(out), batch, stage, ctx)
+    total.backward()
+    if len(batches) == 1:  # gradient hooks act on one model (stackable methods have none)
+        method.after_backward(model, float32_outputs(out), batch, stage, ctx)
     optimizer.step()
-    return loss.detach()
+    return torch.stack([x.detach() for x in losses])
+
+
+@dataclass(frozen=True)
+class Member:
+    """One cell of a stack: its splits (validation and test under its own stored masks; the
+    train split is shared), its mask specification and its seed."""
+
+    splits: dict[str, SplitData]
+    mask: MaskSpec
+    seed: int
+
+
+def stream(corpus: Corpus, fold: int, member: Member) -> tuple[object, ...]:
+    """What a member's random streams derive from: its cell."""
+    return (corpus.name, fold, str(member.mask), member.seed)
+
+
+def build_stack(
+    method: Method, corpus: Corpus, members: Sequence[Member], fold: int, device: torch.device
+) -> tuple[list[nn.Module], nn.Module]:
+    """Each member's model, built alone from its own seed, and the model that trains them:
+    the one model, or their stack (`stacking.stack_models`), with dropout drawn from each
+    member's own stream where the method stacks."""
+    models = []
+    for member in members:
+        torch.manual_seed(derive_seed("init", method.name, *stream(corpus, fold, member)))
+        models.append(method.build(data_spec(corpus)).to(device))
+    model = models[0] if len(models) == 1 else stack_models(models)
+    if can_stack(method):
+        seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
+        use_cell_dropout(model, Noise(seeds, device))
+        for solo in models if len(models) > 1 else []:
+            use_cell_dropout(solo, None)  # scored alone after training, never trained
+    return models, model
+
+
+def member_batches(
+    method: Method,
+    corpus: Corpus,
+    member: Member,
+    fold: int,
+    epoch: int,
+    groups: np.ndarray | None,
+    fixed: bool,
+) -> Iterator[Batch]:
+    """A member's training batches of one epoch: its own training mask and data order."""
+    train = member.splits["train"]
+    mask = train_mask(
+        corpus.name, fold, member.mask, member.seed, epoch, train.num_utterances, groups
+    )
+    order = rng("order", *stream(corpus, fold, member), epoch).permutation(train.num_dialogues)
+    return train.with_mask(mask).batches(
+        method.hp["batch_size"], order, fixed, complete=method.needs_complete
+    )
 
 
 def train_cell(
@@ -127,8 +163,40 @@ def train_cell(
     precision: str = "fp32",
     log: Callable[[str], None] = lambda _: None,
 ) -> TrainOutcome:
-    """Train one cell. `splits` hold the train/val/test data on the device, with the
-    validation and test masks already set; `val` may be absent (paper protocol).
+    """Train one cell (a stack of one, see `train_stack`); raises `CellFailure`."""
+    (outcome,) = train_stack(
+        method,
+        corpus,
+        [Member(splits, mask, seed)],
+        fold=fold,
+        primary=primary,
+        oracle=oracle,
+        modality_curves=modality_curves,
+        subsets=subsets,
+        precision=precision,
+        logs=[log],
+    )
+    if isinstance(outcome, CellFailure):
+        raise outcome
+    return outcome
+
+
+def train_stack(
+    method: Method,
+    corpus: Corpus,
+    members: Sequence[Member],
+    *,
+    fold: int,
+    primary: str,
+    oracle: bool = True,
+    modality_curves: bool = True,
+    subsets: bool = True,
+    precision: str = "fp32",
+    logs: Sequence[Callable[[str], None]] | None = None,
+) -> list[TrainOutcome | CellFailure]:
+    """Train the cells of one stack (more than one only for a method that stacks, see
+    `imerbench/stacking.py`); a member that fails fails alone. `splits` hold the
+    train/val/test data on the device; `val` may be absent (paper protocol).
 
     `modality_curves`: also score validation with each single modality forced, every epoch
     (the per-modality training curves). `subsets`: score the selected weights (val, or the
@@ -136,103 +204,133 @@ def train_cell(
     `precision`: `bf16` runs every forward pass (training and evaluation) under bfloat16
     autocast; see `autocast`.
     """
-    train, val, test = splits["train"], splits.get("val"), splits["test"]
+    size = len(members)
+    stacks = can_stack(method)
+    if size > 1 and not stacks:
+        raise ValueError(f"method '{method.name}' does not stack; train its cells one by one")
+    logs = logs or [lambda _: None] * size
+    train = members[0].splits["train"]
     device = train.device
     amp = partial(autocast, device, precision)
     task = corpus.task
     ctx = RunContext.for_metric(primary)
-    stream = (corpus.name, fold, str(mask), seed)
-    torch.manual_seed(derive_seed("init", method.name, *stream))
-
-    model = method.build(data_spec(corpus)).to(device)
+    models, model = build_stack(method, corpus, members, fold, device)
     optimizer = method.configure_optimizer(model)
     epochs = method.hp["epochs"]
     last_stage = method.stages[-1]
     groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None
-    history: list[HistoryRow] = []
-    best: dict[str, tuple[float, int, dict[str, Tensor], Scores]] = {}
+    # A stackable method's training batches are padded to the split's longest dialogue,
+    # alone too, so that a member's tensors (and dropout draws) have one shape everywhere.
+    fixed = method.fixed_length or stacks
+    history: list[list[HistoryRow]] = [[] for _ in members]
+    best: list[dict[str, tuple[float, int, dict[str, Tensor], Scores]]] = [{} for _ in members]
+    failed: dict[int, CellFailure] = {}
 
-    def consider(selection: str, value: float, epoch: int, test_scores: Scores) -> None:
-        current = best.get(selection)
+    def live() -> list[int]:
+        return [k for k in range(size) if k not in failed]
+
+    def consider(k: int, selection: str, value: float, epoch: int, test_scores: Scores) -> None:
+        current = best[k].get(selection)
         if ctx.better(value, None if current is None else current[0]):
-            best[selection] = (value, epoch, snapshot(model), test_scores)
+            best[k][selection] = (value, epoch, member_state(model, k, size), test_scores)
 
+    def scores_of(split: str, view: Callable[[SplitData], SplitData] = lambda d: d) -> list[Scores]:
+        datas = [view(m.splits[split]) for m in members]
+        with amp():
+            preds = predict_members(model, method, datas, stage)
+        return [
+            score(p, d, task) if k in live() else {}
+            for k, (p, d) in enumerate(zip(preds, datas, strict=True))
+        ]
+
+    has_val = "val" in members[0].splits
     start = time.perf_counter()
     stage = None
     for epoch in range(epochs):
         if method.stage_of(epoch) != stage:
             stage = method.stage_of(epoch)
-            method.on_stage_start(model, stage, ctx)
-        order = rng("order", *stream, epoch).permutation(train.num_dialogues)
+            if size == 1:  # stage hooks act on one model (stackable methods have none)
+                method.on_stage_start(model, stage, ctx)
         model.train()
-        loss_sum = torch.zeros((), device=device)
+        loss_sums = torch.zeros(size, device=device)
         steps = 0
-        masked = train.with_mask(
-            train_mask(corpus.name, fold, mask, seed, epoch, train.num_utterances, groups)
-        )
-        for batch in masked.batches(
-            method.hp["batch_size"], order, method.fixed_length, complete=method.needs_complete
-        ):
-            loss_sum += train_step(method, model, optimizer, batch, stage, ctx, amp)
-            steps += 1
-        mean_loss = float(loss_sum) / max(steps, 1)  # one host sync per epoch
-        if not math.isfinite(mean_loss):
-            raise CellFailure(f"training loss became {mean_loss} in epoch {epoch} ({stage})")
-        history.append((epoch, stage, "train", "mask", "fused", "loss", mean_loss))
-
-        with amp():
-            val_scores = evaluate(model, method, val, stage, task) if val is not None else {}
-        method.on_epoch_end(model, epoch, stage, val_scores, ctx)
-        with amp():
-            test_scores = evaluate(model, method, test, stage, task) if oracle else {}
-        for split, scores in (("val", val_scores), ("test", test_scores)):
-            for output, values in scores.items():
-                history.extend(
-                    (epoch, stage, split, "mask", output, k, v) for k, v in values.items()
-                )
-        if modality_curves and val is not None:
-            with amp():
-                forced = subset_scores(model, method, val, stage, task, MODALITIES, False)
-            for condition, scores in forced.items():
-                for output, values in scores.items():
-                    value = values[primary]
-                    history.append((epoch, stage, "val", condition, output, primary, value))
-        if val_scores and stage == last_stage:
-            consider("val", val_scores["fused"][primary], epoch, {})
-        if oracle:
-            consider("test-oracle", test_scores["fused"][primary], epoch, test_scores)
-        shown = [f"loss {mean_loss:.4f}"]
-        shown += [
-            f"{s} {primary} {sc['fused'][primary]:.4f}"
-            for s, sc in (("val", val_scores), ("test", test_scores))
-            if sc
+        streams_of_batches = [
+            member_batches(method, corpus, m, fold, epoch, groups, fixed) for m in members
         ]
-        log(f"epoch {epoch + 1}/{epochs} [{stage}] " + " ".join(shown))
-    train_seconds = time.perf_counter() - start
+        alive = [k not in failed for k in range(size)]
+        for batches in zip(*streams_of_batches, strict=True):
+            loss_sums += train_step(method, model, optimizer, batches, stage, ctx, amp, alive)
+            steps += 1
+        mean_losses = [float(x) / max(steps, 1) for x in loss_sums.tolist()]  # one host sync
+        for k in live():
+            if not math.isfinite(mean_losses[k]):
+                failed[k] = CellFailure(
+                    f"training loss became {mean_losses[k]} in epoch {epoch} ({stage})"
+                )
+            else:
+                history[k].append((epoch, stage, "train", "mask", "fused", "loss", mean_losses[k]))
+        if not live():
+            break
 
-    selected: dict[str, Selected] = {}
-    test_preds = None  # the val-selected model's test predictions, reused for the patterns
-    if "val" in best:
-        _, epoch, state, _ = best["val"]
-        model.load_state_dict(state)
-        with amp():
-            test_preds = predict(model, method, test, last_stage)  # the one test evaluation
-        scores = score(test_preds, test, task)
-        selected["val"] = Selected("val", epoch, scores, state)
-        log(f"val selection: epoch {epoch + 1}, test {primary} {scores['fused'][primary]:.4f}")
-    elif val is not None and val.num_utterances:
-        raise CellFailure("validation never produced a finite score; nothing to select")
-    if "test-oracle" in best:
-        _, epoch, state, scores = best["test-oracle"]
-        selected["test-oracle"] = Selected("test-oracle", epoch, scores, state)
-    if subsets and selected:
-        chosen = selected["val"] if "val" in selected else selected["test-oracle"]
-        model.load_state_dict(chosen.state)
-        stage_of_choice = method.stage_of(chosen.epoch)
-        with amp():
-            chosen.conditions = subset_scores(
-                model, method, test, stage_of_choice, task, preds=test_preds
+        val_scores = scores_of("val") if has_val else [{} for _ in members]
+        if size == 1:
+            method.on_epoch_end(model, epoch, stage, val_scores[0], ctx)
+        test_scores = scores_of("test") if oracle else [{} for _ in members]
+        forced: dict[str, list[Scores]] = {}
+        if modality_curves and has_val:
+            for condition in MODALITIES:
+                forced[condition] = scores_of(
+                    "val", lambda d, c=condition: d.with_mask(condition_mask(c, d.num_utterances))
+                )
+        for k in live():
+            for split, scores in (("val", val_scores[k]), ("test", test_scores[k])):
+                for output, values in scores.items():
+                    history[k].extend(
+                        (epoch, stage, split, "mask", output, key, v) for key, v in values.items()
+                    )
+            for condition, per_member in forced.items():
+                for output, values in per_member[k].items():
+                    value = values[primary]
+                    history[k].append((epoch, stage, "val", condition, output, primary, value))
+            if val_scores[k] and stage == last_stage:
+                consider(k, "val", val_scores[k]["fused"][primary], epoch, {})
+            if oracle:
+                consider(k, "test-oracle", test_scores[k]["fused"][primary], epoch, test_scores[k])
+            shown = [f"loss {mean_losses[k]:.4f}"]
+            shown += [
+                f"{s} {primary} {sc['fused'][primary]:.4f}"
+                for s, sc in (("val", val_scores[k]), ("test", test_scores[k]))
+                if sc
+            ]
+            logs[k](f"epoch {epoch + 1}/{epochs} [{stage}] " + " ".join(shown))
+    train_seconds = (time.perf_counter() - start) / size  # a member's share of the stack
+
+    out: list[TrainOutcome | CellFailure] = []
+    for k, member in enumerate(members):
+        if k in failed:
+            out.append(failed[k])
+            continue
+        solo = models[k]
+        if size > 1:
+            solo.load_state_dict(member_state(model, k, size))  # its final weights
+        try:
+            out.append(
+                finish_member(
+                    method,
+                    solo,
+                    member.splits.get("val"),
+                    member.splits["test"],
+                    best[k],
+                    history[k],
+                    epochs,
+                    train_seconds,
+                    primary=primary,
+                    task=task,
+                    subsets=subsets,
+                    amp=amp,
+                    log=logs[k],
+                )
             )
-    diagnostics = method.diagnostics(model)
-    parameters = sum(p.numel() for p in model.parameters())
-    return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)
+        except CellFailure as failure:
+            out.append(failure)
+    return out

@@ -61,6 +61,7 @@ class EarlyFusion(Method):
     params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
     profiles = PROFILES
     model = EarlyFusionNet
+    stackable = True
 
 
 class LateFusionNet(nn.Module):
@@ -86,6 +87,7 @@ class LateFusion(Method):
     params = {"hidden": Param(256, low=1), "dropout": Param(0.3, low=0.0, high=0.9)}
     profiles = PROFILES
     model = LateFusionNet
+    stackable = True
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         unimodal = [

@@ -109,10 +109,26 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     no orphan runs, the resume runs exactly the unfinished cells, and nothing is torn or
     doubled."""
     out = tmp_path / "run"
+    CELLS = 8  # 4 missing rates x 2 seeds, in stacks of 2
     token = f"kill-{os.getpid()}-{time.time_ns()}"
-    args = ["run", "--methods", "early-fusion", "--missing-rates", "0.0,0.3,0.7",
-            "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
-            "--no-save-weights"]  # fmt: skip
+    args = [
+        "run",
+        "--methods",
+        "early-fusion",
+        "--missing-rates",
+        "0.0,0.3,0.5,0.7",
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--no-save-weights",
+        "--stack",
+        "2",
+    ]  # fmt: skip  (stacks of 2 cells)
     base_env = {TOKEN_VAR: token, "COLUMNS": "250"}
     gen = random.Random(7)
     torn_write_seen = False
@@ -136,7 +152,8 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
                 time.sleep(0.02)
             torn_write_seen = bool(list(out.glob(half_written)))
         elif trial % 2 == 1:  # a random moment in its 1st cell, or its 2nd (one finished)
-            cells_to_start = 2 if trial % 6 == 5 else 1
+            # claims come a stack (2 cells) at a time: a 3rd claim means a stack finished
+            cells_to_start = 3 if trial % 6 == 5 else 1
             seen: set[Path] = set()
             while time.monotonic() < deadline and proc.poll() is None:
                 seen |= claimed_since(out, started)
@@ -158,13 +175,13 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
         finished.append(len(list(out.glob("cells/*/*/*/rows.csv"))))
     assert torn_write_seen
     assert killed_in_cell >= 3, (killed_in_cell, finished)
-    assert 1 <= finished[-1] <= 5, finished  # the trials advanced; the resume has work
+    assert 1 <= finished[-1] <= CELLS - 1, finished  # the trials advanced; the resume has work
     assert killed_workers, "no kill landed while pool workers were running"
     orphans = wait_for_no_orphans(token)
     assert not orphans, f"processes of killed runs still alive: {orphans}"
 
     done_before = len(list(out.glob("cells/*/*/*/rows.csv")))
-    missing = 6 - done_before
+    missing = CELLS - done_before
     resume = cli(*args, "--jobs", "1", env=base_env)
     log, _ = resume.communicate(timeout=300)
     assert resume.returncode == 0, log
@@ -174,14 +191,14 @@ def test_sigkill_at_random_moments_loses_nothing(tmp_path: Path) -> None:
     cell_rows = sum(len(pd.read_csv(p)) for p in out.glob("cells/*/*/*/rows.csv"))
     assert len(df) == cell_rows  # results.csv is exactly the union of the cell files
     assert not df.duplicated(KEY).any()
-    assert len(df.groupby(["method", "missing_rate", "seed"])) == 6
+    assert len(df.groupby(["method", "missing_rate", "seed"])) == CELLS
     assert df.groupby(["method", "missing_rate", "seed"])["config_hash"].nunique().eq(1).all()
     assert set(df["status"]) == {"ok"}
     assert df["value"].notna().all() and df["metric"].notna().all()
     third = cli(*args, env=base_env)
     log, _ = third.communicate(timeout=300)
     assert third.returncode == 0, log
-    assert "0 cells ran, 0 failed, 6 already done;" in log, log
+    assert f"0 cells ran, 0 failed, {CELLS} already done;" in log, log
     assert pd.read_csv(out / "results.csv").equals(df)
     assert not claims_under(out)  # released, or dropped as stale once the cell was done
     assert not list(out.glob("cells/**/*.tmp")) and not list(out.glob(".*.tmp"))

@@ -7,10 +7,12 @@ import pytest
 import torch
 from tiny_corpus import splits_for, tiny_corpus
 
+import imerbench.selection as selection
 import imerbench.training as training
 from imerbench.data import Corpus, parse_mask_spec
 from imerbench.registry import create_method
-from imerbench.training import CellFailure, train_cell
+from imerbench.selection import CellFailure
+from imerbench.training import train_cell
 
 
 def shifted_test_labels(corpus: Corpus) -> Corpus:
@@ -52,24 +54,26 @@ def test_test_split_is_scored_once_for_val_selection(monkeypatch, oracle: bool) 
     corpus = tiny_corpus(num_dialogues=32)
     splits = splits_for(corpus)
     calls = {"val": 0, "test": 0}
-    real_evaluate, real_predict = training.evaluate, training.predict
+    real_members, real_predict = training.predict_members, selection.predict
 
     def count(data) -> None:
         for name in ("val", "test"):
             if data is splits[name]:
                 calls[name] += 1
 
-    def counting_evaluate(model, method, data, stage, task):
-        count(data)
-        return real_evaluate(model, method, data, stage, task)
+    def counting_members(model, method, datas, stage):
+        for data in datas:
+            count(data)
+        return real_members(model, method, datas, stage)
 
     def counting_predict(model, method, data, stage):
         count(data)
         return real_predict(model, method, data, stage)
 
-    # The loop scores a split either way: evaluate(), or predict() then score().
-    monkeypatch.setattr(training, "evaluate", counting_evaluate)
-    monkeypatch.setattr(training, "predict", counting_predict)
+    # The loop scores a split either way: predict_members() (every epoch, for each member of
+    # a stack), or predict() then score().
+    monkeypatch.setattr(training, "predict_members", counting_members)
+    monkeypatch.setattr(selection, "predict", counting_predict)
     method = create_method("late-fusion", "quick", epochs=5)
     outcome = train_cell(
         method,

@@ -1,0 +1,202 @@
+"""Stacks of cells: K models of one architecture trained as one, the stack folded into the
+batch axis.
+
+Cells that differ only in missing rate and seed (`plan.PlannedCell.stack_key`) share an
+architecture. Their K models become one module whose linear layers hold K weight matrices
+(`StackedLinear`, a batched product); the K members' batches are concatenated along the
+batch axis, member after member, so every other operation (activations, attention within a
+dialogue, masks) runs once for the whole stack. A member's rows only ever meet its own
+weights, and each member's loss is computed on its own slice, so its gradients are those it
+would have alone.
+
+What keeps a member's results independent of the cells beside it:
+- its initial weights are built alone, from its own seed, then copied into the stack;
+- its dropout draws come from its own generator, seeded from its cell (`CellDropout`, used
+  alone too), on tensors of the same shape as alone: training batches of a stackable method
+  are padded to the split's longest dialogue, stacked or not;
+- Adam is elementwise, so one optimizer over the stacked weights is K optimizers.
+
+A method stacks when it declares `stackable`: its forward must keep the member-major batch
+axis first (dim 0 of every tensor reaching a linear layer) and hold its weights in
+`nn.Linear` layers (or call `linear` with them), and it must not use the gradient or stage
+hooks. The equivalence tests (`tests/test_stacking.py`) hold each stackable method to it.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import fields
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from imerbench.data import Batch
+from imerbench.method import Method, ModelOutput
+
+
+class NotStackable(Exception):
+    """The model holds weights outside the layers a stack knows how to stack."""
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """F.linear, also for a stack of K weights [K, out, in] ([K, out] biases): member k's
+    rows (the k-th of K equal blocks of dim 0) meet only weight k."""
+    if weight.dim() == 2:
+        return F.linear(x, weight, bias)
+    k = weight.shape[0]
+    flat = x.reshape(k, -1, x.shape[-1])
+    if bias is None:
+        out = torch.bmm(flat, weight.transpose(1, 2))
+    else:
+        out = torch.baddbmm(bias.unsqueeze(1), flat, weight.transpose(1, 2))
+    return out.reshape(*x.shape[:-1], weight.shape[1])
+
+
+class StackedLinear(nn.Module):
+    """K `nn.Linear` layers of one shape as one batched product; named like `nn.Linear`'s
+    parameters, so a member's state dict is its model's."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach() for layer in layers]))
+        biases = [layer.bias for layer in layers]
+        self.bias = (
+            None
+            if biases[0] is None
+            else nn.Parameter(torch.stack([b.detach() for b in biases if b is not None]))
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class Noise:
+    """One random generator per member, seeded from its cell: a member's dropout draws are
+    the same whichever stack it trains in."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device) -> None:
+        self.generators = []
+        for seed in seeds:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)
+            self.generators.append(generator)
+
+    def uniform(self, like: Tensor) -> Tensor:
+        """Uniform [0, 1) draws shaped like `like`, member k's block from generator k."""
+        k = len(self.generators)
+        shape = (like.shape[0] // k, *like.shape[1:])
+        draws = [
+            torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
+            for g in self.generators
+        ]
+        return draws[0] if k == 1 else torch.cat(draws)
+
+
+class CellDropout(nn.Dropout):
+    """Dropout drawing from the run's `Noise` (one generator per member); without one (a
+    model used outside the harness), plain dropout."""
+
+    noise: Noise | None = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0.0 or self.noise is None:
+            return super().forward(x)
+        keep = self.noise.uniform(x) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+def use_cell_dropout(model: nn.Module, noise: Noise | None) -> None:
+    """Every `nn.Dropout` of the model becomes a `CellDropout` drawing from `noise`."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                child = CellDropout(child.p)
+                setattr(parent, name, child)
+            if isinstance(child, CellDropout):
+                child.noise = noise
+
+
+def stack_models(models: Sequence[nn.Module]) -> nn.Module:
+    """One module computing K models of one architecture: each `nn.Linear` becomes a
+    `StackedLinear` holding the K members' weights (copied, so equal to theirs)."""
+    stacked = copy.deepcopy(models[0])
+    for name, module in list(stacked.named_modules()):
+        if isinstance(module, nn.Linear):
+            layers = [m.get_submodule(name) for m in models]
+            parent_name, _, child = name.rpartition(".")
+            parent = stacked.get_submodule(parent_name) if parent_name else stacked
+            setattr(parent, child, StackedLinear(layers))  # type: ignore[arg-type]
+        elif not isinstance(module, StackedLinear) and any(
+            True for _ in module.parameters(recurse=False)
+        ):
+            raise NotStackable(f"{type(module).__name__} '{name}' holds weights of its own")
+    return stacked
+
+
+def member_state(model: nn.Module, k: int, members: int) -> dict[str, Tensor]:
+    """Member k's state dict (a copy), keyed as its own model's."""
+    stacked = {
+        f"{name}.{p}" if name else p
+        for name, module in model.named_modules()
+        if isinstance(module, StackedLinear)
+        for p in ("weight", "bias")
+    }
+    if members == 1:
+        stacked = set()
+    return {
+        key: (value[k] if key in stacked else value).detach().clone()
+        for key, value in model.state_dict().items()
+    }
+
+
+def concat_batches(batches: Sequence[Batch]) -> Batch:
+    """The members' batches as one, member after member along the batch axis."""
+    if len(batches) == 1:
+        return batches[0]
+    values = {}
+    for f in fields(Batch):
+        parts = [getattr(b, f.name) for b in batches]
+        if f.name == "features":
+            values[f.name] = {m: torch.cat([p[m] for p in parts]) for m in parts[0]}
+        elif f.name == "complete":
+            values[f.name] = None if parts[0] is None else concat_batches(parts)
+        else:
+            values[f.name] = torch.cat(parts)
+    return Batch(**values)
+
+
+def split_output(out: ModelOutput, members: int) -> list[ModelOutput]:
+    """A stack's output as the members' outputs (tensors chunked along the batch axis)."""
+    if members == 1:
+        return [out]
+
+    def chunks(value: object) -> list[object]:
+        if isinstance(value, Tensor) and value.dim() and value.shape[0] % members == 0:
+            return list(value.chunk(members))
+        return [value] * members
+
+    fused = chunks(out.fused)
+    heads = {m: chunks(h) for m, h in out.heads.items()}
+    extras = {key: chunks(v) for key, v in out.extras.items()}
+    return [
+        ModelOutput(
+            fused=fused[k],  # type: ignore[arg-type]
+            heads={m: h[k] for m, h in heads.items()},  # type: ignore[misc]
+            extras={key: v[k] for key, v in extras.items()},
+        )
+        for k in range(members)
+    ]
+
+
+def can_stack(method: Method) -> bool:
+    """A method stacks when it says so and leaves the gradient, stage and epoch hooks to the
+    harness (they act on one model's parameters)."""
+    if not method.stackable:
+        return False
+    own = type(method)
+    return all(
+        getattr(own, hook) is getattr(Method, hook)
+        for hook in ("after_backward", "on_stage_start", "on_epoch_end")
+    )

@@ -1,0 +1,156 @@
+"""Stacked cells: a cell trained in a stack of 8 (other missing rates and seeds) is the cell
+trained alone: equal initial weights, equal first-step gradients, the same selected epochs and
+scores; a member that fails fails alone; stacking never changes a cell's hash."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tiny_corpus import splits_for, tiny_corpus
+
+from imerbench.data import parse_mask_spec
+from imerbench.losses import task_loss
+from imerbench.method import ModelOutput
+from imerbench.plan import RunOptions
+from imerbench.registry import create_method, list_methods, register_method, unregister_method
+from imerbench.runner import run_grid
+from imerbench.selection import CellFailure
+from imerbench.stacking import StackedLinear, can_stack, member_state
+from imerbench.training import Member, build_stack, member_batches, train_stack, train_step
+
+RATES, SEEDS = ("0.0", "0.3", "0.5", "0.7"), (0, 1)
+ONE = 5  # the member compared with its cell alone: MR 0.5, seed 1
+STACKABLE = [m for m in list_methods() if can_stack(create_method(m, "quick"))]
+
+
+def members(corpus, method) -> list[Member]:
+    pad = corpus.pad_length if method.fixed_length else None
+    return [
+        Member(splits_for(corpus, rate, seed=seed, pad_to=pad), parse_mask_spec(rate), seed)
+        for rate in RATES
+        for seed in SEEDS
+    ]
+
+
+def test_some_methods_stack() -> None:
+    assert {"early-fusion", "late-fusion"} <= set(STACKABLE)
+    assert not can_stack(create_method("gcnet", "quick"))  # packed LSTMs: runs alone
+
+
+@pytest.mark.parametrize("name", STACKABLE)
+def test_first_step_in_a_stack_is_the_step_alone(name: str) -> None:
+    corpus = tiny_corpus(num_dialogues=24)
+    method = create_method(name, "quick")
+    stack = members(corpus, method)
+    _, stacked = build_stack(method, corpus, stack, 0, torch.device("cpu"))
+    _, alone = build_stack(method, corpus, [stack[ONE]], 0, torch.device("cpu"))
+    initial = member_state(stacked, ONE, len(stack))
+    for key, value in alone.state_dict().items():
+        assert torch.equal(initial[key], value), key
+
+    groups = corpus.speakers[stack[0].splits["train"].utterances]
+    stage = method.stages[0]
+    ctx = None
+    first = [next(iter(member_batches(method, corpus, m, 0, 0, groups, True))) for m in stack]
+    optimizers = [method.configure_optimizer(m) for m in (stacked, alone)]
+    losses = train_step(method, stacked, optimizers[0], first, stage, ctx)  # type: ignore[arg-type]
+    loss = train_step(method, alone, optimizers[1], [first[ONE]], stage, ctx)  # type: ignore[arg-type]
+    assert losses.shape == (len(stack),)
+    assert float(losses[ONE]) == pytest.approx(float(loss[0]), abs=1e-6)
+    grads = dict(alone.named_parameters())
+    compared = 0
+    for key, param in stacked.named_parameters():
+        owner = stacked.get_submodule(key.rpartition(".")[0])
+        assert isinstance(owner, StackedLinear)  # every weight of a stackable model is stacked
+        assert param.grad is not None
+        torch.testing.assert_close(param.grad[ONE], grads[key].grad, atol=1e-6, rtol=0)
+        compared += 1
+    assert compared == len(grads)
+
+
+@pytest.mark.parametrize("name", STACKABLE)
+def test_a_cell_in_a_stack_of_8_scores_as_alone(name: str) -> None:
+    corpus = tiny_corpus(num_dialogues=32)
+    method = create_method(name, "quick", epochs=3)
+    stack = members(corpus, method)
+    together = train_stack(method, corpus, stack, fold=0, primary="wa")
+    (alone,) = train_stack(method, corpus, [stack[ONE]], fold=0, primary="wa")
+    assert not isinstance(alone, CellFailure)
+    mine = together[ONE]
+    assert not isinstance(mine, CellFailure)
+    assert set(mine.selected) == set(alone.selected) == {"val", "test-oracle"}
+    for selection, chosen in alone.selected.items():
+        other = mine.selected[selection]
+        assert other.epoch == chosen.epoch
+        scored = {"mask": chosen.test, **chosen.conditions}
+        scored_in_stack = {"mask": other.test, **other.conditions}
+        assert scored.keys() == scored_in_stack.keys()
+        for condition, scores in scored.items():
+            for output, values in scores.items():
+                for metric, value in values.items():
+                    assert scored_in_stack[condition][output][metric] == pytest.approx(
+                        value, abs=1e-4, nan_ok=True
+                    ), (selection, condition, output, metric)
+    assert len(mine.history) == len(alone.history)
+    for row, row_alone in zip(mine.history, alone.history, strict=True):
+        assert row[:6] == row_alone[:6]
+        assert row[6] == pytest.approx(row_alone[6], abs=1e-4, nan_ok=True)
+    # The other members trained on their own masks and seeds: their curves differ.
+    losses = {o.history[0][6] for o in together if not isinstance(o, CellFailure)}
+    assert len(losses) == len(stack)
+
+
+def test_a_member_that_fails_fails_alone() -> None:
+    from imerbench.methods.fusion import EarlyFusion
+
+    class FailsWithoutMissing(EarlyFusion):
+        """Its loss is NaN on a batch with nothing missing: only at missing rate 0."""
+
+        def loss(self, model, out: ModelOutput, batch, stage: str) -> torch.Tensor:
+            value = task_loss(out.fused, batch)
+            return value * math.nan if bool(batch.available[batch.valid].all()) else value
+
+    register_method("fails-without-missing", "test", role="reference")(FailsWithoutMissing)
+    try:
+        corpus = tiny_corpus(num_dialogues=32)
+        method = create_method("fails-without-missing", "quick", epochs=2)
+        stack = members(corpus, method)
+        together = train_stack(method, corpus, stack, fold=0, primary="wa")
+        for k, outcome in enumerate(together):
+            if stack[k].mask.rate == 0.0:
+                assert isinstance(outcome, CellFailure) and "nan" in str(outcome)
+                continue
+            assert not isinstance(outcome, CellFailure)
+            (alone,) = train_stack(method, corpus, [stack[k]], fold=0, primary="wa")
+            assert not isinstance(alone, CellFailure)
+            assert outcome.selected["val"].epoch == alone.selected["val"].epoch
+            value = alone.selected["val"].test["fused"]["wa"]
+            assert outcome.selected["val"].test["fused"]["wa"] == pytest.approx(value, abs=1e-4)
+    finally:
+        unregister_method("fails-without-missing")
+
+
+def test_stacking_keeps_a_cells_hash_and_rows(small_grid, tmp_path: Path) -> None:
+    grid = small_grid(methods=["late-fusion"], missing_rates=[0.0, 0.3, 0.7], seeds=[0, 1])
+    frames = {}
+    for stack in (1, 4):
+        out = tmp_path / f"stack{stack}"
+        reports = []
+        run_grid(grid, RunOptions(out=out, device="cpu", jobs=1, stack=stack), reports.append)
+        assert [r.status for r in reports] == ["ok"] * 6
+        for cell_json in out.glob("cells/*/*/*/cell.json"):
+            meta = json.loads(cell_json.read_text())
+            assert meta["stack_size"] in ((1,) if stack == 1 else (4, 2))
+        frames[stack] = pd.read_csv(out / "results.csv")
+    one, four = frames[1], frames[4]
+    key = ["config_hash", "selection", "condition", "output", "metric"]
+    assert set(one["config_hash"]) == set(four["config_hash"])  # the stack is not in the hash
+    merged = one.merge(four, on=key, suffixes=("", "_stacked"))
+    assert len(merged) == len(one) == len(four)
+    assert (merged["epoch"] == merged["epoch_stacked"]).all()
+    assert (merged["value"] - merged["value_stacked"]).abs().max() <= 1e-4

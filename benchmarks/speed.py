@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+import tomllib
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,7 +65,7 @@ from imerbench.data import (
 from imerbench.data.safe_pickle import load_label_pickle
 from imerbench.devices import describe_device, resolve_device
 from imerbench.evaluation import predict
-from imerbench.grid import grid_from_dict, load_grid
+from imerbench.grid import default_grid_path, grid_from_dict, load_grid
 from imerbench.method import RunContext
 from imerbench.plan import RunOptions
 from imerbench.registry import create_method, list_methods
@@ -224,12 +225,53 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}" + ("" if count == 1 else "s")
 
 
-def run(grid_raw: dict, out: Path, device: torch.device, jobs: int) -> tuple[float, Sampler]:
+def run(
+    grid_raw: dict, out: Path, device: torch.device, jobs: int, stack: int = 1
+) -> tuple[float, Sampler]:
+    """Run a grid; `stack`: the most cells per stack (1: each cell alone, 0: automatic)."""
     grid = grid_from_dict(grid_raw, "speed benchmark")
+    options = RunOptions(out=out, device=str(device), jobs=jobs, save_weights=False, stack=stack)
     start = time.perf_counter()
     with Sampler(device) as sampler:
-        run_grid(grid, RunOptions(out=out, device=str(device), jobs=jobs, save_weights=False))
+        run_grid(grid, options)
     return time.perf_counter() - start, sampler
+
+
+def rows_differ(one: Path, other: Path) -> tuple[int, float, int]:
+    """(rows compared, the largest difference of a value, rows whose epoch differs) between
+    two runs of one grid: each cell's rows keyed by its hash."""
+    key = ["config_hash", "selection", "condition", "output", "metric"]
+    a, b = read_results(one), read_results(other)
+    merged = a.merge(b, on=key, suffixes=("", "_b"))
+    if len(merged) != len(a) or len(merged) != len(b):
+        return len(merged), float("inf"), -1
+    diff = float((merged["value"] - merged["value_b"]).abs().max())
+    epochs = int((merged["epoch"].astype(str) != merged["epoch_b"].astype(str)).sum())
+    return len(merged), diff, epochs
+
+
+def time_stacking(args: argparse.Namespace, device: torch.device) -> None:
+    """The default grid (every method on the synthetic corpus) with `--stack 1` and with
+    stacking (automatic), `--jobs` as `imerbench run` picks it: wall time, cells per hour,
+    their ratio, and whether every row agrees within 1e-4."""
+    raw = tomllib.loads(default_grid_path().read_text())
+    cells = len(grid_from_dict(raw, "default grid").cells())
+    print(f"\nthe default grid ({cells} cells), automatic jobs:")
+    walls = {}
+    for label, stack in (("--stack 1", 1), ("stacked", 0)):
+        out = args.work / f"default-{label.strip('-').replace(' ', '')}"
+        walls[label], _ = run(raw, out, device, 0, stack)
+        print(f"  {label}: {walls[label]:.1f} s, {cells / walls[label] * 3600:.0f} cells/hour")
+    ratio = walls["--stack 1"] / walls["stacked"]
+    print(f"  stacked / --stack 1: {ratio:.2f}x the cells per hour")
+    compared, diff, epochs = rows_differ(
+        args.work / "default-stack1", args.work / "default-stacked"
+    )
+    verdict = "equal" if diff <= 1e-4 and epochs == 0 else "NOT equal"
+    print(
+        f"  rows {verdict} within 1e-4: {compared} compared, largest difference {diff:.2e}, "
+        f"{epochs} with another epoch"
+    )
 
 
 # ---- the released model, timed on the same batches ---------------------------------------------
@@ -370,7 +412,7 @@ def compare_with_released(
         start = time.perf_counter()
         model.train()
         for batch in train_batches:
-            train_step(method, model, optimizer, [batch], stage, ctx)
+            train_step(method, model, optimizer, [batch], stage, [ctx])
         sync()
         middle = time.perf_counter()
         predict(model, method, ours["test"], stage)
@@ -598,6 +640,11 @@ def main() -> None:
         "--train-batches", type=int, default=None, help="released comparison: batches per epoch"
     )
     parser.add_argument("--no-cells", action="store_true", help="the released comparison only")
+    parser.add_argument(
+        "--default-grid",
+        action="store_true",
+        help="only time the default grid with --stack 1 and with stacking",
+    )
     parser.add_argument("--record", type=Path, default=None, help="append the cells' figures")
     parser.add_argument(
         "--extrapolate",
@@ -631,6 +678,9 @@ def main() -> None:
     if args.methods.startswith("all-but:"):
         left_out = args.methods.removeprefix("all-but:").split(",")
         methods = [m for m in list_methods() if m not in left_out]
+    if args.default_grid:
+        time_stacking(args, device)
+        return
     for shape in args.shape.split(","):
         root = build_layout(args.labels, shape, args.work / "data")
         if args.released is not None:

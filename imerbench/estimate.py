@@ -54,7 +54,7 @@ def probe(planned: PlannedCell, ws: Workspace) -> Probe:
     timed = []
     for k, batch in zip(range(3), batches, strict=False):
         begin = time.perf_counter()
-        train_step(method, model, optimizer, [batch], stage, ctx, amp)
+        train_step(method, model, optimizer, [batch], stage, [ctx], amp)
         if k:  # the first step warms up
             timed.append(time.perf_counter() - begin)
     step = sum(timed) / len(timed) if timed else 0.0
@@ -126,10 +126,11 @@ def plan_lines(grid: Grid, options: RunOptions) -> list[str]:
         cost = sum(seconds[p] for p in stack)
         lines.append(f"  {c.method.label} {c.dataset} fold {c.fold}: {members}  ~{cost:.0f} s")
     total, wall = sum(seconds.values()), wall_seconds(plan.stacks, seconds, jobs)
-    stacked = f" as {len(plan.stacks)} stacks" if len(plan.stacks) < len(plan.todo) else ""
+    stacks = len(plan.stacks)
+    grouped = f", as {stacks} stack{'s' if stacks > 1 else ''}" if stacks < len(plan.todo) else ""
     lines.append(
-        f"{len(plan.todo)} cells to run{stacked} ({len(plan.done)} already finished) in "
-        f"{options.out}; estimated {total / 60:.1f} min of compute on {ws.device}, "
+        f"{len(plan.todo)} cells to run ({len(plan.done)} already finished) in "
+        f"{options.out}{grouped}; estimated {total / 60:.1f} min of compute on {ws.device}, "
         f"{wall / 60:.1f} min wall with {jobs} job{'s' if jobs > 1 else ''}"
     )
     return lines

@@ -15,12 +15,14 @@ from imerbench.registry import get_entry, list_methods
 
 
 def print_catalog(console: Console) -> None:
-    console.print("[bold]methods")
+    console.print("[bold]methods[/] (stacks: its cells can train as one stack of models)")
     for name in list_methods():
-        info = get_entry(name).info
+        entry = get_entry(name)
+        info = entry.info
         role = f"{info.role} {info.ceiling_of}".strip()
+        stacks = "stacks" if entry.cls.stackable else "alone"
         paper = f" [published as {info.paper_name}]" if info.paper_name else ""
-        console.print(escape(f"  {name:16s} {role:11s} {info.description}{paper}"))
+        console.print(escape(f"  {name:16s} {role:11s} {stacks:6s} {info.description}{paper}"))
     console.print("[bold]datasets")
     for info in list_datasets():
         alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
@@ -44,7 +46,8 @@ def print_method(console: Console, name: str) -> None:
     role = f"{info.role} of modality {info.ceiling_of}" if info.ceiling_of else info.role
     paper = f", published as {info.paper_name}" if info.paper_name else ""
     console.print(escape(f"{name}: {info.description}"))
-    console.print(escape(f"role: {role}{paper}; stages: {' -> '.join(cls.stages)}"))
+    stacks = "its cells train as one stack" if cls.stackable else "each cell trains alone"
+    console.print(escape(f"role: {role}{paper}; stages: {' -> '.join(cls.stages)}; {stacks}"))
     profiles = known_profiles()
     table = Table("hyper-parameter", "default", "allowed", *profiles, "help", box=None)
     for key, param in cls.all_params().items():

@@ -17,9 +17,11 @@ What keeps a member's results independent of the cells beside it:
 - Adam is elementwise, so one optimizer over the stacked weights is K optimizers.
 
 A method stacks when it declares `stackable`: its forward must keep the member-major batch
-axis first (dim 0 of every tensor reaching a linear layer) and hold its weights in
-`nn.Linear` layers (or call `linear` with them), and it must not use the gradient or stage
-hooks. The equivalence tests (`tests/test_stacking.py`) hold each stackable method to it.
+axis first (dim 0 of every tensor reaching a linear layer; nothing may pool across the
+batch) and hold its weights in `nn.Linear` layers (or call `linear` with them). Its hooks
+and its loss receive each member's own model, whose weights (and gradients, in
+`after_backward`) are views of that member's slice of the stack (`share_weights`). The
+equivalence tests (`tests/test_stacking.py`) hold each stackable method to it.
 """
 
 from __future__ import annotations
@@ -135,6 +137,25 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     return stacked
 
 
+def share_weights(models: Sequence[nn.Module], stacked: nn.Module) -> None:
+    """Make each member's own model a view of its slice of the stack: its parameters share
+    the stack's storage, so a hook given the member's model (`point_gradients` first) reads
+    and changes that member's weights and gradients in the stack."""
+    weights = dict(stacked.named_parameters())
+    for k, model in enumerate(models):
+        for name, param in model.named_parameters():
+            param.data = weights[name].data[k]
+
+
+def point_gradients(models: Sequence[nn.Module], stacked: nn.Module) -> None:
+    """Each member's parameters' `.grad`: a view of its slice of the stack's gradients."""
+    weights = dict(stacked.named_parameters())
+    for k, model in enumerate(models):
+        for name, param in model.named_parameters():
+            grad = weights[name].grad
+            param.grad = None if grad is None else grad[k]
+
+
 def member_state(model: nn.Module, k: int, members: int) -> dict[str, Tensor]:
     """Member k's state dict (a copy), keyed as its own model's."""
     stacked = {
@@ -191,12 +212,5 @@ def split_output(out: ModelOutput, members: int) -> list[ModelOutput]:
 
 
 def can_stack(method: Method) -> bool:
-    """A method stacks when it says so and leaves the gradient, stage and epoch hooks to the
-    harness (they act on one model's parameters)."""
-    if not method.stackable:
-        return False
-    own = type(method)
-    return all(
-        getattr(own, hook) is getattr(Method, hook)
-        for hook in ("after_backward", "on_stage_start", "on_epoch_end")
-    )
+    """Whether the method's cells may train as one stack (it says so: `Method.stackable`)."""
+    return method.stackable

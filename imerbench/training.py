@@ -25,6 +25,8 @@ from imerbench.stacking import (
     can_stack,
     concat_batches,
     member_state,
+    point_gradients,
+    share_weights,
     split_output,
     stack_models,
     use_cell_dropout,
@@ -67,29 +69,37 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     batches: Sequence[Batch],
     stage: str,
-    ctx: RunContext,
+    ctxs: Sequence[RunContext],
     amp: Callable[[], AbstractContextManager[None]] = nullcontext,
     live: Sequence[bool] | None = None,
+    views: Sequence[nn.Module] | None = None,
 ) -> Tensor:
     """The one optimization step (the loop's, the estimator's and the speed benchmark's):
-    forward, the method's loss, backward, its gradient hook, the update. `batches`: one per
-    member of a stack (one for a cell alone); each member's loss is computed on its own rows,
-    and members not `live` (failed) add nothing. Returns the losses [K], detached, on the
-    device (no host sync)."""
+    forward, the method's loss, backward, its gradient hook, the update.
+
+    `batches`, `ctxs`: one per member of a stack (one for a cell alone); each member's loss
+    is computed on its own rows, with its own model (`views`: the members' models sharing
+    the stack's weights, see `stacking.share_weights`; default: `model` itself, alone), and
+    members not `live` (failed) add nothing. Returns the losses [K], detached, on the device
+    (no host sync)."""
+    views = views or [model]
+    live = live or [True] * len(batches)
     batch = concat_batches(batches)
     with amp():
         out = model(batch, stage)
         outs = split_output(out, len(batches))
-        losses = [method.loss(model, o, b, stage) for o, b in zip(outs, batches, strict=True)]
-    if len(losses) == 1:
-        total = losses[0]
-    else:
-        keep = live or [True] * len(losses)
-        total = torch.stack([x for x, k in zip(losses, keep, strict=True) if k]).sum()
+        losses = [
+            method.loss(view, o, b, stage) for view, o, b in zip(views, outs, batches, strict=True)
+        ]
+    alive = [x for x, keep in zip(losses, live, strict=True) if keep]
+    total = alive[0] if len(alive) == 1 else torch.stack(alive).sum()
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if len(batches) == 1:  # gradient hooks act on one model (stackable methods have none)
-        method.after_backward(model, float32_outputs(out), batch, stage, ctx)
+    if len(batches) > 1:
+        point_gradients(views, model)
+    for k, (view, o, b) in enumerate(zip(views, outs, batches, strict=True)):
+        if live[k]:
+            method.after_backward(view, float32_outputs(o), b, stage, ctxs[k])
     optimizer.step()
     return torch.stack([x.detach() for x in losses])
 
@@ -120,11 +130,13 @@ def build_stack(
         torch.manual_seed(derive_seed("init", method.name, *stream(corpus, fold, member)))
         models.append(method.build(data_spec(corpus)).to(device))
     model = models[0] if len(models) == 1 else stack_models(models)
+    if len(models) > 1:
+        share_weights(models, model)  # the members' models: views of the stack, for hooks
     if can_stack(method):
         seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
         use_cell_dropout(model, Noise(seeds, device))
         for solo in models if len(models) > 1 else []:
-            use_cell_dropout(solo, None)  # scored alone after training, never trained
+            use_cell_dropout(solo, None)  # never trained on its own
     return models, model
 
 
@@ -213,8 +225,10 @@ def train_stack(
     device = train.device
     amp = partial(autocast, device, precision)
     task = corpus.task
-    ctx = RunContext.for_metric(primary)
+    ctxs = [RunContext.for_metric(primary) for _ in members]  # each member's hook state
+    ctx = ctxs[0]
     models, model = build_stack(method, corpus, members, fold, device)
+    views = models if size > 1 else [model]
     optimizer = method.configure_optimizer(model)
     epochs = method.hp["epochs"]
     last_stage = method.stages[-1]
@@ -249,8 +263,8 @@ def train_stack(
     for epoch in range(epochs):
         if method.stage_of(epoch) != stage:
             stage = method.stage_of(epoch)
-            if size == 1:  # stage hooks act on one model (stackable methods have none)
-                method.on_stage_start(model, stage, ctx)
+            for view, member_ctx in zip(views, ctxs, strict=True):
+                method.on_stage_start(view, stage, member_ctx)
         model.train()
         loss_sums = torch.zeros(size, device=device)
         steps = 0
@@ -259,7 +273,9 @@ def train_stack(
         ]
         alive = [k not in failed for k in range(size)]
         for batches in zip(*streams_of_batches, strict=True):
-            loss_sums += train_step(method, model, optimizer, batches, stage, ctx, amp, alive)
+            loss_sums += train_step(
+                method, model, optimizer, batches, stage, ctxs, amp, alive, views
+            )
             steps += 1
         mean_losses = [float(x) / max(steps, 1) for x in loss_sums.tolist()]  # one host sync
         for k in live():
@@ -273,8 +289,8 @@ def train_stack(
             break
 
         val_scores = scores_of("val") if has_val else [{} for _ in members]
-        if size == 1:
-            method.on_epoch_end(model, epoch, stage, val_scores[0], ctx)
+        for k in live():
+            method.on_epoch_end(views[k], epoch, stage, val_scores[k], ctxs[k])
         test_scores = scores_of("test") if oracle else [{} for _ in members]
         forced: dict[str, list[Scores]] = {}
         if modality_curves and has_val:

@@ -219,6 +219,7 @@ class MMIN(Method):
     }
     stages = (TEACHER, STUDENT)
     needs_complete = True  # the teacher and the imagination targets see what the mask hides
+    stackable = True
     model = MMINNet
 
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:

@@ -73,13 +73,15 @@ class MoMKENet(nn.Module):
             own = {m: self.experts(proj[m], m, avail[..., k]) for k, m in enumerate(MODALITIES)}
             streams = own
         else:
-            b = batch.batch_size
-            stacked = torch.cat([proj[m] for m in MODALITIES])  # [M*B, L, D], stream-major
-            keys = torch.cat([avail[..., k] for k in range(len(MODALITIES))])  # [M*B, L]
+            b, n = batch.batch_size, len(MODALITIES)
+            # Every stream through every expert in one pass, dialogue-major ([B*M, L, D]), so
+            # that a stack of models keeps its members first (imerbench/stacking.py).
+            streams_in = torch.stack([proj[m] for m in MODALITIES], dim=1).flatten(0, 1)
+            keys = avail.transpose(1, 2).flatten(0, 1)  # [B*M, L]: stream m's own keys
             by_expert = torch.stack(
-                [self.experts(stacked, e, keys) for e in MODALITIES]
-            )  # [E, M*B, L, D]
-            by_expert = by_expert.unflatten(1, (len(MODALITIES), b))  # [E, M, B, L, D]
+                [self.experts(streams_in, e, keys) for e in MODALITIES]
+            )  # [E, B*M, L, D]
+            by_expert = by_expert.unflatten(1, (b, n)).transpose(1, 2)  # [E, M, B, L, D]
             weights = torch.stack(
                 [self.routers[m](proj[m]).softmax(-1) for m in MODALITIES], dim=2
             )  # [B, L, M, E]
@@ -107,6 +109,7 @@ class MoMKE(Method):
         "dropout": Param(0.5, low=0.0, high=0.9, help="projections, Mlps, fusion"),
         "attn_dropout": Param(0.0, low=0.0, high=0.9, help="on the attention weights"),
     }
+    stackable = True
     profiles = {
         # Small enough for the 2-core default grid (stage 2 runs 9 stream-expert passes).
         "quick": {

@@ -51,6 +51,7 @@ class Unimodal(Method):
         "mosei": {"epochs": 50, "batch_size": 32, "lr": 1e-4},
     }
     model = UnimodalNet
+    stackable = True
 
 
 for _m in MODALITIES:

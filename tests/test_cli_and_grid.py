@@ -130,11 +130,12 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
     _, listing, _ = run_cli("list")
     rows = {line.split()[0]: line for line in listing.splitlines() if line.startswith("  ")}
     assert rows["unimodal-t"].split()[1:3] == ["ceiling", "t"]
-    assert rows["late-fusion"].split()[1] == "reference"
+    assert rows["late-fusion"].split()[1:3] == ["reference", "stacks"]
+    assert rows["gcnet"].split()[1:3] == ["method", "alone"]  # packed LSTMs: each cell alone
     assert "[published as ComP]" in rows["comp-ref"] and "published" not in rows["comp"]
     code, detail, _ = run_cli("list", "comp-ref")
     assert code == 0
-    assert "role: method, published as ComP; stages: unimodal -> multimodal" in detail
+    assert "role: method, published as ComP; stages: unimodal -> multimodal; each cell" in detail
     header = next(line.split() for line in detail.splitlines() if "hyper-parameter" in line)
     epochs = next(line.split() for line in detail.splitlines() if line.split()[:1] == ["epochs"])
     assert epochs[:4] == ["epochs", "20", ">=", "1"]  # name, default, allowed
@@ -147,12 +148,19 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
 
 def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
     code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
-        "--dry-run", "--device", "cpu", "--out", str(tmp_path),
+        "--dry-run", "--device", "cpu", "--out", str(tmp_path / "run"), "--stack", "1",
     )  # fmt: skip
     assert code == 0
     assert stdout.count("late-fusion synthetic") == 4  # 2 rates x the quick grid's 2 seeds
     assert "4 cells to run (0 already finished)" in stdout
-    assert not list(tmp_path.glob("cells/*"))  # nothing trained
+    assert not (tmp_path / "run").exists()  # nothing trained, nothing written (not even masks)
+    code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
+        "--dry-run", "--device", "cpu", "--out", str(tmp_path), "--stack", "3",
+    )  # fmt: skip
+    assert code == 0
+    assert stdout.count("late-fusion synthetic") == 2  # a stack of 3 cells, then 1
+    assert "mr 0.0 seed 0, mr 0.0 seed 1, mr 0.5 seed 0  ~" in stdout
+    assert "4 cells to run (0 already finished)" in stdout and ", as 2 stacks;" in stdout
 
 
 def test_third_party_methods_register_through_entry_points(

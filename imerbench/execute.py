@@ -42,8 +42,7 @@ class SerialExecutor:
 
     def run(self, stacks: Sequence[Stack], on_cell: OnCell, tick: Callable[[], None]) -> None:
         for stack in stacks:
-            for report in run_stack(stack, self.ws):
-                on_cell(report)
+            run_stack(stack, self.ws, on_cell)
             tick()
 
 
@@ -77,9 +76,15 @@ def _worker_init(
     _WORKSPACE = Workspace(grid, replace(options, device=device))
 
 
-def _worker_run(stack: Stack) -> list[CellReport]:
+def _worker_run(stack: Stack) -> tuple[list[CellReport], BaseException | None]:
+    """A stack's reports, and the error that stopped it (after the cells it reported)."""
     assert _WORKSPACE is not None
-    return run_stack(stack, _WORKSPACE)
+    reports: list[CellReport] = []
+    try:
+        run_stack(stack, _WORKSPACE, reports.append)
+    except Exception as exc:  # e.g. a full disk: the parent reports what was written first
+        return reports, exc
+    return reports, None
 
 
 @dataclass(frozen=True)
@@ -105,9 +110,11 @@ class PoolExecutor:
             while running:
                 finished, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in finished:
-                    if future.exception() is not None:  # e.g. a full disk: start no more
+                    reports, error = future.result()
+                    for report in reports:
+                        on_cell(report)
+                    if error is not None:  # e.g. a full disk: start no more
                         for other in running:
                             other.cancel()
-                    for report in future.result():
-                        on_cell(report)
+                        raise error
                 tick()

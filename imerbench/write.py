@@ -63,11 +63,14 @@ def write_result(planned: PlannedCell, result: CellResult, options: RunOptions) 
     release_claim(planned.folder)
 
 
-def run_stack(stack: Stack, ws: Workspace) -> list[CellReport]:
+def run_stack(stack: Stack, ws: Workspace, on_cell: Callable[[CellReport], None]) -> None:
     """Claim a stack's cells, compute the claimed ones together (each cell's log in its own
-    folder as it goes) and write each; a failure becomes a `failed` row, not a crash."""
-    reports: list[CellReport] = []
-    mine = claim_stack(stack, ws.options, reports.append)
+    folder as it goes) and write each, reporting each cell once written; a failure becomes a
+    `failed` row, not a crash. A disk that refuses a write stops the run: the cells written
+    before it have been reported."""
+    mine = claim_stack(stack, ws.options, on_cell)
+    if not mine:  # every cell claimed or finished by another process
+        return
     try:
         logs = []
         for planned in mine:
@@ -90,11 +93,10 @@ def run_stack(stack: Stack, ws: Workspace) -> list[CellReport]:
                 log_file.close()
         for planned, result in zip(mine, results, strict=True):
             write_result(planned, result, ws.options)
-            reports.append(result.report)
+            on_cell(result.report)
     finally:
         for planned in mine:
             release_claim(planned.folder)  # no-op for those written
-    return reports
 
 
 def write_failure(exc: OSError, out: Path) -> ImerbenchError | None:

@@ -194,7 +194,7 @@ def test_two_runs_on_one_folder_share_the_cells(tmp_path: Path) -> None:
     token = f"pair-{os.getpid()}-{time.time_ns()}"
     args = ["run", "--methods", "early-fusion", "--missing-rates", "0.0,0.3,0.7",
             "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
-            "--no-save-weights", "--jobs", "1"]  # fmt: skip
+            "--no-save-weights", "--jobs", "1", "--stack", "2"]  # fmt: skip
     env = {TOKEN_VAR: token, "COLUMNS": "250", "PYTHONUNBUFFERED": "1"}
     procs = [cli(*args, env=env), cli(*args, env=env)]
     lines: list[list[tuple[float, str]]] = [[], []]
@@ -251,13 +251,16 @@ ENOSPC_MESSAGE = ("no space left on device", "free space")
 EROFS_MESSAGE = ("read-only file system", "make it writable (or pass another --out)")
 
 
-def assert_finished_cells_intact(out: Path, finished: int) -> None:
+def assert_finished_cells_intact(out: Path, finished: int, stale_claims: int = 0) -> None:
+    """`stale_claims`: claims a dead run could not remove (a read-only folder)."""
     df = read_results(out)
     assert df.groupby("config_hash").ngroups == finished
     assert set(df["status"]) == {"ok"} and df["value"].notna().all()
     assert len(list(out.glob("cells/*/*/*/rows.csv"))) == finished
     assert not leftovers(out), leftovers(out)
-    assert not claims_under(out)
+    claims = claims_under(out)
+    assert len(claims) == stale_claims, claims
+    assert not any((claim.parent / "rows.csv").exists() for claim in claims)
 
 
 def test_full_disk_stops_the_run_and_a_rerun_completes_it(
@@ -267,8 +270,9 @@ def test_full_disk_stops_the_run_and_a_rerun_completes_it(
     monkeypatch.setattr(files, "_fault_writes", 0)
     monkeypatch.setenv("IMERBENCH_TEST_WRITE_ERROR", "ENOSPC:2")  # the 2nd cell's rows
     reports: list[CellReport] = []
+    options = RunOptions(out=tmp_path, device="cpu", stack=2)  # the 2nd cell: in the 1st stack
     with pytest.raises(ImerbenchError) as failure:
-        run_grid(grid, RunOptions(out=tmp_path, device="cpu"), reports.append)
+        run_grid(grid, options, reports.append)
     assert str(failure.value) == write_error(tmp_path, *ENOSPC_MESSAGE)
     assert [r.status for r in reports] == ["ok"]
     assert_finished_cells_intact(tmp_path, 1)
@@ -276,7 +280,7 @@ def test_full_disk_stops_the_run_and_a_rerun_completes_it(
     assert len(half) == 2  # the failed cell has its log, but no rows: it is not done
     monkeypatch.delenv("IMERBENCH_TEST_WRITE_ERROR")
     again: list[CellReport] = []
-    run_grid(grid, RunOptions(out=tmp_path, device="cpu"), again.append)
+    run_grid(grid, options, again.append)
     assert [r.status for r in again] == ["skipped", "ok", "ok"]
     assert_finished_cells_intact(tmp_path, 3)
     assert pd.read_csv(tmp_path / "results.csv").groupby("config_hash").ngroups == 3
@@ -337,10 +341,12 @@ class ReadOnlyFolder:
         monkeypatch.setattr(os, "unlink", one(real_unlink))
 
 
+@pytest.mark.parametrize("stack", [1, 2])
 def test_read_only_folder_stops_the_run_and_a_rerun_completes_it(
-    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, stack: int
 ) -> None:
     grid = small_grid(methods=["early-fusion"], missing_rates=[0.0, 0.5])
+    options = RunOptions(out=tmp_path, device="cpu", stack=stack)
     with monkeypatch.context() as patch:
         readonly = ReadOnlyFolder(tmp_path, patch)
 
@@ -350,14 +356,16 @@ def test_read_only_folder_stops_the_run_and_a_rerun_completes_it(
 
         reports: list[CellReport] = []
         with pytest.raises(ImerbenchError) as failure:
-            run_grid(grid, RunOptions(out=tmp_path, device="cpu"), on_cell)
+            run_grid(grid, options, on_cell)
         assert readonly.refused  # the fault was really hit
         readonly.on = False
     assert str(failure.value) == write_error(tmp_path, *EROFS_MESSAGE)
     assert [r.status for r in reports] == ["ok"]
-    assert_finished_cells_intact(tmp_path, 1)
+    # Stacked, the second cell was claimed with the first, before the folder turned
+    # read-only: its claim stays behind, stale, and the rerun takes it over.
+    assert_finished_cells_intact(tmp_path, 1, stale_claims=stack - 1)
     again: list[CellReport] = []
-    run_grid(grid, RunOptions(out=tmp_path, device="cpu"), again.append)
+    run_grid(grid, options, again.append)
     assert [r.status for r in again] == ["skipped", "ok"]
     assert_finished_cells_intact(tmp_path, 2)
 

@@ -156,7 +156,7 @@ def point_gradients(models: Sequence[nn.Module], stacked: nn.Module) -> None:
             param.grad = None if grad is None else grad[k]
 
 
-def member_state(model: nn.Module, k: int, members: int) -> dict[str, Tensor]:
+def member_state(model: nn.Module, k: int) -> dict[str, Tensor]:
     """Member k's state dict (a copy), keyed as its own model's."""
     stacked = {
         f"{name}.{p}" if name else p
@@ -164,8 +164,6 @@ def member_state(model: nn.Module, k: int, members: int) -> dict[str, Tensor]:
         if isinstance(module, StackedLinear)
         for p in ("weight", "bias")
     }
-    if members == 1:
-        stacked = set()
     return {
         key: (value[k] if key in stacked else value).detach().clone()
         for key, value in model.state_dict().items()

@@ -95,7 +95,7 @@ def train_step(
     total = alive[0] if len(alive) == 1 else torch.stack(alive).sum()
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if len(batches) > 1:
+    if views[0] is not model:  # a stack: the members' models see their slices' gradients
         point_gradients(views, model)
     for k, (view, o, b) in enumerate(zip(views, outs, batches, strict=True)):
         if live[k]:
@@ -129,14 +129,16 @@ def build_stack(
     for member in members:
         torch.manual_seed(derive_seed("init", method.name, *stream(corpus, fold, member)))
         models.append(method.build(data_spec(corpus)).to(device))
-    model = models[0] if len(models) == 1 else stack_models(models)
-    if len(models) > 1:
-        share_weights(models, model)  # the members' models: views of the stack, for hooks
-    if can_stack(method):
-        seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
-        use_cell_dropout(model, Noise(seeds, device))
-        for solo in models if len(models) > 1 else []:
-            use_cell_dropout(solo, None)  # never trained on its own
+    if not can_stack(method):
+        return models, models[0]
+    # Alone too, a stackable method trains as a stack (of one): the same batched kernels
+    # whatever the stack's size, so a cell's numbers do not depend on it.
+    model = stack_models(models)
+    share_weights(models, model)  # the members' models: views of the stack, for hooks
+    seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
+    use_cell_dropout(model, Noise(seeds, device))
+    for solo in models:
+        use_cell_dropout(solo, None)  # never trained on its own
     return models, model
 
 
@@ -228,7 +230,7 @@ def train_stack(
     ctxs = [RunContext.for_metric(primary) for _ in members]  # each member's hook state
     ctx = ctxs[0]
     models, model = build_stack(method, corpus, members, fold, device)
-    views = models if size > 1 else [model]
+    views = models if can_stack(method) else [model]
     optimizer = method.configure_optimizer(model)
     epochs = method.hp["epochs"]
     last_stage = method.stages[-1]
@@ -246,7 +248,7 @@ def train_stack(
     def consider(k: int, selection: str, value: float, epoch: int, test_scores: Scores) -> None:
         current = best[k].get(selection)
         if ctx.better(value, None if current is None else current[0]):
-            best[k][selection] = (value, epoch, member_state(model, k, size), test_scores)
+            best[k][selection] = (value, epoch, member_state(model, k), test_scores)
 
     def scores_of(split: str, view: Callable[[SplitData], SplitData] = lambda d: d) -> list[Scores]:
         datas = [view(m.splits[split]) for m in members]
@@ -326,9 +328,7 @@ def train_stack(
         if k in failed:
             out.append(failed[k])
             continue
-        solo = models[k]
-        if size > 1:
-            solo.load_state_dict(member_state(model, k, size))  # its final weights
+        solo = models[k]  # a stack's member: a view of its final weights in the stack
         try:
             out.append(
                 finish_member(

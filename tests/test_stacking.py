@@ -53,19 +53,21 @@ def test_first_step_in_a_stack_is_the_step_alone(name: str) -> None:
     first = [next(iter(member_batches(method, corpus, m, 0, 0, groups, True))) for m in stack]
     for stage in method.stages:
         models, stacked = build_stack(method, corpus, stack, 0, torch.device("cpu"))
-        _, alone = build_stack(method, corpus, [stack[ONE]], 0, torch.device("cpu"))
-        initial = member_state(stacked, ONE, len(stack))
-        for key, value in alone.state_dict().items():
+        (alone,), alone_stack = build_stack(method, corpus, [stack[ONE]], 0, torch.device("cpu"))
+        initial = member_state(stacked, ONE)
+        for key, value in member_state(alone_stack, 0).items():
             assert torch.equal(initial[key], value), key
         ctxs = [RunContext.for_metric("wa") for _ in stack]
         for model, ctx in [*zip(models, ctxs, strict=True), (alone, ctxs[ONE])]:
             method.on_stage_start(model, stage, ctx)
-        optimizers = [method.configure_optimizer(m) for m in (stacked, alone)]
+        optimizers = [method.configure_optimizer(m) for m in (stacked, alone_stack)]
         losses = train_step(method, stacked, optimizers[0], first, stage, ctxs, views=models)
-        loss = train_step(method, alone, optimizers[1], [first[ONE]], stage, [ctxs[ONE]])
+        loss = train_step(
+            method, alone_stack, optimizers[1], [first[ONE]], stage, [ctxs[ONE]], views=[alone]
+        )
         assert losses.shape == (len(stack),)
         assert float(losses[ONE]) == pytest.approx(float(loss[0]), abs=1e-6)
-        grads = dict(alone.named_parameters())
+        grads = dict(alone.named_parameters())  # views of the stack of one's gradients
         compared = 0
         for key, param in stacked.named_parameters():
             owner = stacked.get_submodule(key.rpartition(".")[0])

@@ -18,7 +18,10 @@ Prints, per shape:
 - per method, one cell alone: seconds per epoch, the cell's wall time and cells per hour, the
   peak device memory and the mean GPU utilization;
 - a grid of `--grid-cells` cells of the first method, one cell at a time, then `--jobs`
-  concurrently: wall time, cells per hour, mean GPU utilization and peak memory of each.
+  concurrently, then (for a method that stacks) as one stack: wall time, cells per hour,
+  mean GPU utilization and peak memory of each, and whether the stacked rows match;
+- with `--default-grid`, only the default grid, with `--stack 1` and stacked, and the ratio
+  of cells per hour.
 GPU utilization and memory are sampled with nvidia-smi every 0.5 s; on a CPU the memory is the
 resident memory of this process and its workers. On a CPU the defaults are a reduced run
 (2 epochs, 2 cells, 2 jobs, 3 repeats).
@@ -526,12 +529,14 @@ def time_cells(
     }
     serial = run(cells, work / "grid-serial", device, 1)
     concurrent = run(cells, work / "grid-concurrent", device, args.jobs)
+    ways = [("one at a time", serial), (f"{args.jobs} concurrent", concurrent)]
+    stacks = create_method(method, resolve_dataset(shape).profile).stackable
+    if stacks:  # every cell in one stack, in one process
+        stacked = run(cells, work / "grid-stacked", device, 1, args.grid_cells)
+        ways.append((f"one stack of {args.grid_cells}", stacked))
     each = plural(args.grid_epochs, "epoch")
     print(f"\ngrid of {args.grid_cells} {method} cells ({shape}, {each} each):")
-    for label, (wall, sampler) in (
-        ("one at a time", serial),
-        (f"{args.jobs} concurrent", concurrent),
-    ):
+    for label, (wall, sampler) in ways:
         usage = sampler.describe()
         print(
             f"  {label}: {wall:.1f} s, {args.grid_cells / wall * 3600:.0f} cells/hour"
@@ -539,7 +544,14 @@ def time_cells(
         )
     print(f"  concurrent / one at a time: {serial[0] / concurrent[0]:.2f}x the cells per hour")
     concurrency = {"jobs": args.jobs, "speedup": serial[0] / concurrent[0]}
-    save_record(args.record, measured | {"epoch_seconds": {}, "concurrency": concurrency})
+    record = measured | {"epoch_seconds": {}, "concurrency": concurrency}
+    if stacks:
+        speedup = serial[0] / stacked[0]
+        print(f"  stacked / one at a time: {speedup:.2f}x the cells per hour")
+        compared, diff, epochs = rows_differ(work / "grid-serial", work / "grid-stacked")
+        print(f"  rows: {compared} compared, largest difference {diff:.2e}, {epochs} epochs differ")
+        record["stacking"] = {"method": method, "size": args.grid_cells, "speedup": speedup}
+    save_record(args.record, record)
 
 
 # ---- the paper grid, extrapolated --------------------------------------------------------------
@@ -566,13 +578,18 @@ def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) ->
     """The device time of a grid file's cells from measured seconds per epoch: each cell costs
     its method's epochs (its dataset's profile) times the method's seconds per epoch on the
     dataset's shape (else the first like it where the method was measured, scaled by the
-    size), divided by that shape's concurrent speed-up where concurrency gained. Prints them
-    and returns the seconds per dataset."""
+    size), divided by the larger of that shape's concurrent speed-up and the method's stacked
+    speed-up measured on it, where they gained. Prints them and returns the seconds per
+    dataset."""
     measured: dict[str, dict[str, Any]] = {}  # shape -> its records merged
     for record in records:
-        into = measured.setdefault(record["shape"], {"epoch_seconds": {}, "concurrency": None})
+        into = measured.setdefault(
+            record["shape"], {"epoch_seconds": {}, "concurrency": None, "stacking": {}}
+        )
         into["epoch_seconds"].update(record["epoch_seconds"])
         into["concurrency"] = record.get("concurrency") or into["concurrency"]
+        if "stacking" in record:
+            into["stacking"][record["stacking"]["method"]] = record["stacking"]
 
     def scale(dataset: str, shape: str) -> float:
         (videos, utterances), (base_videos, base_utterances) = (
@@ -596,8 +613,11 @@ def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) ->
         profile = resolve_dataset(cell.dataset).profile
         method = create_method(name, profile, **dict(cell.method.overrides))
         epochs = cell.epochs or method.hp["epochs"]
-        # The runner's better mode: concurrent cells where they gained, else one at a time.
-        speedup = max(1.0, (measured[shape]["concurrency"] or {}).get("speedup", 1.0))
+        # The runner's better mode: stacked or concurrent cells where they gained, else one at
+        # a time.
+        stacked = measured[shape]["stacking"].get(name, {}).get("speedup", 1.0)
+        concurrent = (measured[shape]["concurrency"] or {}).get("speedup", 1.0)
+        speedup = max(1.0, stacked, concurrent)
         per_epoch = measured[shape]["epoch_seconds"][name] * scale(cell.dataset, shape)
         by_dataset[cell.dataset] = by_dataset.get(cell.dataset, 0.0) + per_epoch * epochs / speedup
         used.setdefault(cell.dataset, {}).setdefault(shape, set()).add(name)
@@ -611,6 +631,10 @@ def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) ->
             how = "one at a time"
             if concurrency and concurrency["speedup"] > 1:
                 how = f"{concurrency['jobs']} concurrent: {concurrency['speedup']:.2f}x"
+            for stacked in measured[shape]["stacking"].values():
+                if stacked["method"] in names and stacked["speedup"] > 1:
+                    how += f"; {stacked['method']} in stacks of {stacked['size']}: "
+                    how += f"{stacked['speedup']:.2f}x"
             size = "" if shape == dataset else f" x{scale(dataset, shape):.2f} its size,"
             parts.append(f"{plural(len(names), 'method')} on {shape},{size} {how}")
         print(f"  {dataset}: {seconds / 3600:.2f} device-hours ({'; '.join(parts)})")

@@ -14,7 +14,8 @@ scikit-learn in the tests:
   does) use every utterance.
 
 Edge cases: no utterance gives NaN for every metric; constant predictions or targets give a
-NaN correlation (it is undefined; numpy's corrcoef would warn and return NaN too).
+NaN correlation (it is undefined; numpy's corrcoef would warn and return NaN too), also when
+they differ only by rounding in their own dtype (a few units in the last place).
 """
 
 from __future__ import annotations
@@ -110,12 +111,20 @@ def _mae(pred: Tensor, target: Tensor) -> Tensor:
     return (pred.to(_F64) - target.to(_F64)).abs().sum() / pred.numel()
 
 
+def _spread(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """The range of `values` beyond the rounding of their original dtype (a few units in the
+    last place): values equal up to rounding (a head shown only zeros, whose rows differ by
+    how a kernel blocked them) are constant, not a correlation of rounding noise."""
+    ulp = torch.finfo(dtype).eps if dtype.is_floating_point else 0.0
+    return (values.amax() - values.amin()) - 4 * ulp * values.abs().amax()
+
+
 def _corr(pred: Tensor, target: Tensor) -> Tensor:
     if pred.numel() < 2:
         return _nan(pred)
     x = pred.to(_F64)
     y = target.to(_F64)
-    constant = (x.amax() == x.amin()) | (y.amax() == y.amin())
+    constant = (_spread(x, pred.dtype) <= 0) | (_spread(y, target.dtype) <= 0)
     x = x - x.mean()
     y = y - y.mean()
     # Normalize first, as scipy does, so that large or tiny scales lose no precision.

@@ -203,6 +203,14 @@ def test_edge_cases() -> None:
     # Constant predictions: correlation undefined (NaN), the rest defined.
     const = compute_metrics("regression", torch.full((10,), 0.1), torch.linspace(-2, 2, 10))
     assert math.isnan(const["corr"])
+    # Equal up to float32 rounding (one unit in the last place apart): constant too; a real
+    # variation of 1e-5 is a correlation, scipy's.
+    noisy = torch.full((10,), 0.1)
+    noisy[::2] = torch.nextafter(noisy[::2], torch.tensor(1.0))
+    assert math.isnan(compute_metrics("regression", noisy, torch.linspace(-2, 2, 10))["corr"])
+    varied = torch.full((10,), 0.1) + 1e-5 * torch.linspace(-1, 1, 10) ** 3
+    got = compute_metrics("regression", varied, torch.linspace(-2, 2, 10))["corr"]
+    assert math.isclose(got, pearsonr(varied.double(), np.linspace(-2, 2, 10))[0], abs_tol=TOL)
     assert not math.isnan(const["mae"]) and not math.isnan(const["acc2"])
     # Only zero targets: acc2 and f1 have nothing to score.
     zeros = compute_metrics("regression", torch.randn(5), torch.zeros(5))

@@ -71,3 +71,12 @@ def test_extrapolation_adds_up_each_cell(speed: ModuleType, tmp_path: Path) -> N
     records.append({"shape": "mosei", "device": "d", "epoch_seconds": {"early-fusion": 3.0}})
     got = speed.extrapolate(records, grid, tmp_path)
     assert got["mosei"] == pytest.approx(cells * 3.0 * 7)
+    # A stacked speed-up counts for the method it was measured on, where it beats concurrency.
+    stacked = {"method": "early-fusion", "size": 8, "speedup": 5.0}
+    records.append({"shape": "mosi", "device": "d", "epoch_seconds": {}, "stacking": stacked})
+    records[1]["concurrency"] = {"jobs": 4, "speedup": 2.0}
+    got = speed.extrapolate(records, grid, tmp_path)
+    assert got["mosi"] == pytest.approx(cells * 0.5 * 7 / 5.0)
+    stacked["method"] = "late-fusion"  # another method's stacks say nothing of early-fusion
+    got = speed.extrapolate(records, grid, tmp_path)
+    assert got["mosi"] == pytest.approx(cells * 0.5 * 7 / 2.0)

@@ -54,13 +54,18 @@ class Rows:
             rows = rows.new_zeros(shape).index_copy(0, self.index, rows)
         return rows.unflatten(0, (self.batch, self.length))
 
-    def twice(self) -> Rows:
-        """The same rows of a batch stacked on itself (2B dialogues)."""
+    def twice(self, members: int = 1) -> Rows:
+        """The same rows of a batch stacked on itself (2B dialogues); in a stack of `members`
+        models, each member's dialogues twice in a row, so the batch stays member-major."""
         index = None
         if self.index is not None:
+            if members > 1:
+                raise ValueError("packed rows cannot be stacked; use dense rows in a stack")
             index = torch.cat([self.index, self.index + self.batch * self.length])
-        keys = {m: k.repeat(2, 1) for m, k in self.keys.items()}
-        keep = {m: k.repeat(2) for m, k in self.keep.items()}
+        keys = {m: k.unflatten(0, (members, -1)).repeat(1, 2, 1).flatten(0, 1)
+                for m, k in self.keys.items()}  # fmt: skip
+        keep = {m: k.unflatten(0, (members, -1)).repeat(1, 2).flatten(0, 1)
+                for m, k in self.keep.items()}  # fmt: skip
         return Rows(2 * self.batch, self.length, index, keys, keep)
 
 

@@ -17,8 +17,10 @@ What keeps a member's results independent of the cells beside it:
 - Adam is elementwise, so one optimizer over the stacked weights is K optimizers.
 
 A method stacks when it declares `stackable`: its forward must keep the member-major batch
-axis first (dim 0 of every tensor reaching a linear layer; nothing may pool across the
-batch) and hold its weights in `nn.Linear` layers (or call `linear` with them). Its hooks
+axis first (dim 0 of every tensor reaching a linear layer), hold its weights in `nn.Linear`
+layers (or call `linear` with them), and group dialogues only within a member (a module with
+a `stack_members` attribute learns the stack's size). Randomness outside dropout comes from
+`generator_of(model)`. Its hooks
 and its loss receive each member's own model, whose weights (and gradients, in
 `after_backward`) are views of that member's slice of the stack (`share_weights`). The
 equivalence tests (`tests/test_stacking.py`) hold each stackable method to it.
@@ -29,6 +31,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import fields
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,20 +113,35 @@ class CellDropout(nn.Dropout):
 
 
 def use_cell_dropout(model: nn.Module, noise: Noise | None) -> None:
-    """Every `nn.Dropout` of the model becomes a `CellDropout` drawing from `noise`."""
+    """Every dropout of the model (`nn.Dropout` and its subclasses) becomes a `CellDropout`
+    drawing from `noise`."""
     for parent in list(model.modules()):
         for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
+            if isinstance(child, nn.Dropout) and not isinstance(child, CellDropout):
                 child = CellDropout(child.p)
                 setattr(parent, name, child)
             if isinstance(child, CellDropout):
                 child.noise = noise
 
 
+def use_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    """The random generator of the member this model is: a method drawing noise outside
+    dropout (a loss's random targets) draws from `generator_of(model)`."""
+    model._imerbench_generator = generator  # type: ignore[assignment]
+
+
+def generator_of(model: nn.Module) -> torch.Generator | None:
+    """The member's own generator (None: the global one, for a model used on its own)."""
+    return getattr(model, "_imerbench_generator", None)
+
+
 def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """One module computing K models of one architecture: each `nn.Linear` becomes a
     `StackedLinear` holding the K members' weights (copied, so equal to theirs)."""
     stacked = copy.deepcopy(models[0])
+    for module in stacked.modules():  # layers that group a batch's dialogues (see `members`)
+        if hasattr(module, "stack_members"):
+            module.stack_members = len(models)
     for name, module in list(stacked.named_modules()):
         if isinstance(module, nn.Linear):
             layers = [m.get_submodule(name) for m in models]
@@ -187,26 +205,35 @@ def concat_batches(batches: Sequence[Batch]) -> Batch:
 
 
 def split_output(out: ModelOutput, members: int) -> list[ModelOutput]:
-    """A stack's output as the members' outputs (tensors chunked along the batch axis)."""
+    """A stack's output as the members' outputs: every tensor (also inside the extras' dicts
+    and lists) chunked along the batch axis."""
     if members == 1:
         return [out]
 
-    def chunks(value: object) -> list[object]:
-        if isinstance(value, Tensor) and value.dim() and value.shape[0] % members == 0:
-            return list(value.chunk(members))
+    def chunks(value: Any) -> list[Any]:
+        if isinstance(value, Tensor):
+            if value.dim() and value.shape[0] % members == 0:
+                return list(value.chunk(members))
+            raise ValueError(f"a stacked output of shape {tuple(value.shape)} has no member axis")
+        if isinstance(value, dict):
+            parts = {key: chunks(v) for key, v in value.items()}
+            return [{key: v[k] for key, v in parts.items()} for k in range(members)]
+        if isinstance(value, (list, tuple)):
+            items = [chunks(v) for v in value]
+            return [type(value)(v[k] for v in items) for k in range(members)]
         return [value] * members
 
-    fused = chunks(out.fused)
-    heads = {m: chunks(h) for m, h in out.heads.items()}
-    extras = {key: chunks(v) for key, v in out.extras.items()}
-    return [
-        ModelOutput(
-            fused=fused[k],  # type: ignore[arg-type]
-            heads={m: h[k] for m, h in heads.items()},  # type: ignore[misc]
-            extras={key: v[k] for key, v in extras.items()},
-        )
-        for k in range(members)
-    ]
+    fused, heads, extras = chunks(out.fused), chunks(out.heads), chunks(out.extras)
+    return [ModelOutput(fused[k], heads[k], extras[k]) for k in range(members)]
+
+
+def per_dialogue(value: Tensor, dialogues: int) -> Tensor:
+    """A model's vector [D] (a stack's [K, D]: one per member) for each of a batch's
+    `dialogues`, member-major: [dialogues, D]."""
+    if value.dim() == 1:
+        return value.expand(dialogues, -1)
+    members = value.shape[0]
+    return value[:, None].expand(members, dialogues // members, -1).reshape(dialogues, -1)
 
 
 def can_stack(method: Method) -> bool:

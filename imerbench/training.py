@@ -30,6 +30,7 @@ from imerbench.stacking import (
     split_output,
     stack_models,
     use_cell_dropout,
+    use_generator,
 )
 
 
@@ -136,9 +137,11 @@ def build_stack(
     model = stack_models(models)
     share_weights(models, model)  # the members' models: views of the stack, for hooks
     seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
-    use_cell_dropout(model, Noise(seeds, device))
-    for solo in models:
+    noise = Noise(seeds, device)
+    use_cell_dropout(model, noise)
+    for solo, generator in zip(models, noise.generators, strict=True):
         use_cell_dropout(solo, None)  # never trained on its own
+        use_generator(solo, generator)  # a loss's own noise (see stacking.generator_of)
     return models, model
 
 

@@ -88,6 +88,7 @@ from imerbench.layers import ExpertStack, Mlp, Rows, twin_mlp
 from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
+from imerbench.stacking import generator_of, per_dialogue
 
 UNIMODAL, MULTIMODAL = "unimodal", "multimodal"
 OTHERS = {"a": ("t", "v"), "t": ("a", "v"), "v": ("a", "t")}  # in the released order
@@ -163,22 +164,41 @@ def convert_released_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ---- the model --------------------------------------------------------------------------------
-def pools(batch: int, group: int) -> list[tuple[slice, int]]:
+def pools(batch: int, group: int, members: int = 1) -> list[tuple[slice, int]]:
     """The pools of a batch of `batch` dialogues, as (dialogues, pool size): pools of `group`
-    consecutive dialogues, the last one shorter where `group` does not divide `batch`."""
-    full = batch - batch % group
-    parts = ((slice(0, full), group), (slice(full, batch), batch - full))
-    return [(dialogues, size) for dialogues, size in parts if size]
+    consecutive dialogues, the last one shorter where `group` does not divide `batch`; in a
+    stack of `members` models (imerbench/stacking.py), so within each member's dialogues."""
+    own = batch // members
+    full = own - own % group
+    out = []
+    for k in range(members):
+        start = k * own
+        tail = (slice(start + full, start + own), own - full)
+        parts = ((slice(start, start + full), group), tail)
+        out += [(dialogues, size) for dialogues, size in parts if size]
+    return out
 
 
-def released_row_bias(keep: Tensor, group: int) -> Tensor:
+def paired(first: Tensor, second: Tensor, members: int) -> Tensor:
+    """Two row sets as one batch, each member's rows of `first` then of `second` (one member:
+    `first` then `second`), so a stack's batch stays member-major."""
+    return torch.cat([first.unflatten(0, (members, -1)), second.unflatten(0, (members, -1))], 1)
+
+
+def unpaired(both: Tensor, members: int) -> tuple[Tensor, Tensor]:
+    """The two row sets of `paired` (flattened back)."""
+    halves = both.unflatten(0, (members, 2, -1))
+    return halves[:, 0].flatten(0, 1), halves[:, 1].flatten(0, 1)
+
+
+def released_row_bias(keep: Tensor, group: int, members: int = 1) -> Tensor:
     """The released prototype-softmax row mask as the constant it adds to each row, [B, L]:
     -10000 where `keep` is False at the row's position in [L, g] order, read against rows in
     [g, L] order within each pool of `group` dialogues (the last pool may be shorter). A
     constant per row, so softmax ignores it up to rounding; it is kept for that rounding."""
     b, length = keep.shape
     parts = []
-    for rows, g in pools(b, group):
+    for rows, g in pools(b, group, members):
         part = keep[rows].reshape(-1, g, length).transpose(1, 2)
         parts.append(part.reshape(-1, length))
     return (1 - torch.cat(parts).float()) * ROW_MASK
@@ -213,9 +233,12 @@ class PromptGenerator(nn.Module):
         self.proj_d = Mlp(dim, prompt_dim, prompt_dim, dropout)
         self.proj_prompt = nn.Linear(dim, prompt_dim)
 
+    stack_members = 1  # models in the stack this generator computes (imerbench/stacking.py)
+
     def group(self, batch: int) -> int:
-        """Dialogues per pool of prototypes (1: each dialogue its own)."""
-        return 1 if self.per_dialogue else min(self.pool_size or batch, batch)
+        """Dialogues per pool of prototypes (1: each dialogue its own), within a member."""
+        own = batch // self.stack_members
+        return 1 if self.per_dialogue else min(self.pool_size or own, own)
 
     def prototypes(self, x: Tensor, keep: Tensor) -> Tensor:
         # x: [B, L, D] over the padded length; keep: [B, L] bool (present, real) -> [B, n, D]
@@ -227,7 +250,9 @@ class PromptGenerator(nn.Module):
 
     def row_bias(self, keep: Tensor) -> Tensor | None:
         """The released row mask [B, L] for `keep` over the padded length (None: fixed)."""
-        return None if self.exclude_missing else released_row_bias(keep, self.group(len(keep)))
+        if self.exclude_missing:
+            return None
+        return released_row_bias(keep, self.group(len(keep)), self.stack_members)
 
     def forward(self, x: Tensor, rows: Rows, prototypes: Tensor, row_bias: Tensor | None) -> Tensor:
         # x: [R, D]; prototypes: [B, n, D]; row_bias: [R] or None -> prompt [R, P]
@@ -238,7 +263,7 @@ class PromptGenerator(nn.Module):
         else:
             grid, bias = rows.grid(x), None if row_bias is None else rows.grid(row_bias)
             parts = []
-            for sl, g in pools(b, group):
+            for sl, g in pools(b, group, self.stack_members):
                 k = (sl.stop - sl.start) // g
                 xs = grid[sl].reshape(k, -1, grid.shape[-1])  # [k, g*L, D]
                 bs = None if bias is None else bias[sl].reshape(k, -1)
@@ -328,8 +353,10 @@ class ComPNet(nn.Module):
         # Index the rows that are computed (present inputs, real utterances): less arithmetic
         # for a few gathers and host syncs per forward. None: on a CPU only, where arithmetic
         # is the cost; these sizes leave a GPU mostly idle, waiting on kernel launches, so
-        # there the extra gathers and syncs would only add to a step.
+        # there the extra gathers and syncs would only add to a step. A stack of models
+        # (imerbench/stacking.py) computes every row: its members' rows must stay aligned.
         self.pack_rows: bool | None = None
+        self.stack_members = 0  # 0: not in a stack; else the stack's size (>= 1)
 
         self.in_proj = _per_modality(lambda m: nn.Linear(spec.widths[m], d))
         self.in_drop = nn.Dropout(dropout)
@@ -398,6 +425,7 @@ class ComPNet(nn.Module):
         if length > self.pad_length:
             raise ValueError(f"batch length {length} exceeds the padded length {self.pad_length}")
         indexed = self.pack_rows if self.pack_rows is not None else batch.valid.device.type == "cpu"
+        indexed = indexed and not self.stack_members
         keep = batch.available & batch.valid.unsqueeze(-1)  # [B, L, 3]
         rows = Rows.of(batch.valid, keep, packed=train and indexed)
         enc = self.encode(batch, keep, rows, stage, indexed)
@@ -417,10 +445,11 @@ class ComPNet(nn.Module):
                     continue
                 # The shared stream and the private branch share the blocks and heads: one pass.
                 source = self.to_rows(enc, enc.private[m if self.fix_private_copy else "a"], rows)
-                both, twice = torch.cat([shared[m], source]), rows.twice()
+                k = max(self.stack_members, 1)
+                both, twice = paired(shared[m], source, k).flatten(0, 1), rows.twice(k)
                 both = self.block2.forward_rows(self.block1.forward_rows(both, m, twice), m, twice)
-                x[m] = both[: len(both) // 2]  # [R, D]
-                own, private = self.heads[m](both).chunk(2)
+                x[m] = unpaired(both, k)[0]  # [R, D]
+                own, private = unpaired(self.heads[m](both), k)
                 heads[m], extras["private_heads"][m] = rows.grid(own), rows.grid(private)
             joint = torch.cat([x[m].masked_fill(~rows.keep[m][:, None], 0) for m in x], dim=-1)
         else:
@@ -472,7 +501,8 @@ class ComPNet(nn.Module):
             else:
                 out = linear(x * keep[..., k : k + 1].to(x.dtype))  # [B, L, D]
                 if where == "padded" and n < pad:
-                    fill = linear.bias.to(out.dtype).expand(b, pad - n, -1)
+                    fill = per_dialogue(linear.bias.to(out.dtype), b)[:, None]
+                    fill = fill.expand(b, pad - n, -1)
                     out = torch.cat([out, fill], dim=1)
             proj[m] = self.in_drop(out)
             if train:
@@ -502,8 +532,9 @@ class ComPNet(nn.Module):
             return F.pad(grid, (0, 0, 0, pad - n))
         # Evaluation: a padded row's input is 0, its projection the bias, all rows alike.
         assert not self.training, "training reads padded rows from the padded grid"
-        filler = self.shared_enc[m](self.in_proj[m].bias.to(value.dtype))
-        return torch.cat([grid, filler.to(grid.dtype).expand(b, pad - n, -1)], dim=1)
+        filler = self.shared_enc[m](self.in_proj[m].bias.to(value.dtype))  # a stack's: [K, D]
+        filler = per_dialogue(filler.to(grid.dtype), b)[:, None].expand(b, pad - n, -1)
+        return torch.cat([grid, filler], dim=1)
 
     def propagate(
         self, enc: Encoded, shared: dict[str, Tensor], keep: Tensor, rows: Rows
@@ -578,14 +609,17 @@ def reconstruction(
     return masked_mean(sq.mean(-1), valid) if fix_padding else sq.mean()
 
 
-def away_from_label(pred: Tensor, batch: Batch, pad_length: int) -> Tensor:
+def away_from_label(
+    pred: Tensor, batch: Batch, pad_length: int, generator: torch.Generator | None = None
+) -> Tensor:
     """The private "anti" term: classes, cross-entropy of 1 - logits; regression, MSE to
     clip(1.5 N(0, 1), -3, 3) noise drawn per position of the padded [B, pad_length] grid (a
-    trimmed batch reads the same noise as the padded one)."""
+    trimmed batch reads the same noise as the padded one), from the cell's own generator."""
     if not batch.labels.dtype.is_floating_point:
         return task_loss(1 - pred, batch)
     labels = batch.labels
-    noise = torch.randn(len(labels), pad_length, dtype=labels.dtype, device=labels.device)
+    shape = (len(labels), pad_length)
+    noise = torch.randn(shape, dtype=labels.dtype, device=labels.device, generator=generator)
     noise = noise[:, : labels.shape[1]]
     noise = (1.5 * noise).clamp(-3, 3)
     return masked_mean((pred.squeeze(-1) - noise) ** 2, batch.valid)
@@ -690,6 +724,8 @@ class ComP(Method):
         released batches); per-dialogue prototypes depend on their own dialogue only."""
         return None if self.hp["per_dialogue_prototypes"] else self.hp["batch_size"]
 
+    stackable = True
+
     def build(self, spec: DataSpec) -> nn.Module:
         return ComPNet(spec, pool_size=self.hp["batch_size"], **self.model_kwargs(ComPNet))
 
@@ -707,7 +743,8 @@ class ComP(Method):
             for m in MODALITIES:
                 total = total + task_loss(out.heads[m], batch)
                 private = ex["private_heads"][m]
-                total = total + away_from_label(private, batch, model.pad_length)
+                anti = away_from_label(private, batch, model.pad_length, generator_of(model))
+                total = total + anti
             return total
         unimodal = sum(task_loss(out.heads[m], batch) for m in MODALITIES)
         times = 1 if self.hp["fix_loss_double_count"] else 2

@@ -135,7 +135,7 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
     assert "[published as ComP]" in rows["comp-ref"] and "published" not in rows["comp"]
     code, detail, _ = run_cli("list", "comp-ref")
     assert code == 0
-    assert "role: method, published as ComP; stages: unimodal -> multimodal; each cell" in detail
+    assert "role: method, published as ComP; stages: unimodal -> multimodal; its cells" in detail
     header = next(line.split() for line in detail.splitlines() if "hyper-parameter" in line)
     epochs = next(line.split() for line in detail.splitlines() if line.split()[:1] == ["epochs"])
     assert epochs[:4] == ["epochs", "20", ">=", "1"]  # name, default, allowed

@@ -81,13 +81,15 @@ def test_first_step_in_a_stack_is_the_step_alone(name: str) -> None:
         assert compared == sum(p.grad is not None for p in grads.values()) > 0
 
 
+@pytest.mark.parametrize("task", ["classification", "regression"])
 @pytest.mark.parametrize("name", STACKABLE)
-def test_a_cell_in_a_stack_of_8_scores_as_alone(name: str) -> None:
-    corpus = tiny_corpus(num_dialogues=32)
+def test_a_cell_in_a_stack_of_8_scores_as_alone(name: str, task: str) -> None:
+    corpus = tiny_corpus(task, num_dialogues=32)
+    primary = "wa" if task == "classification" else "f1"
     method = create_method(name, "quick").with_epochs(3)  # stage switches scaled
     stack = members(corpus, method)
-    together = train_stack(method, corpus, stack, fold=0, primary="wa")
-    (alone,) = train_stack(method, corpus, [stack[ONE]], fold=0, primary="wa")
+    together = train_stack(method, corpus, stack, fold=0, primary=primary)
+    (alone,) = train_stack(method, corpus, [stack[ONE]], fold=0, primary=primary)
     assert not isinstance(alone, CellFailure)
     mine = together[ONE]
     assert not isinstance(mine, CellFailure)

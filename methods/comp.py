@@ -233,11 +233,11 @@ class PromptGenerator(nn.Module):
         self.proj_d = Mlp(dim, prompt_dim, prompt_dim, dropout)
         self.proj_prompt = nn.Linear(dim, prompt_dim)
 
-    stack_members = 1  # models in the stack this generator computes (imerbench/stacking.py)
+    stack_members = 0  # models in the stack this generator computes; 0: not in a stack
 
     def group(self, batch: int) -> int:
         """Dialogues per pool of prototypes (1: each dialogue its own), within a member."""
-        own = batch // self.stack_members
+        own = batch // max(self.stack_members, 1)
         return 1 if self.per_dialogue else min(self.pool_size or own, own)
 
     def prototypes(self, x: Tensor, keep: Tensor) -> Tensor:
@@ -252,18 +252,20 @@ class PromptGenerator(nn.Module):
         """The released row mask [B, L] for `keep` over the padded length (None: fixed)."""
         if self.exclude_missing:
             return None
-        return released_row_bias(keep, self.group(len(keep)), self.stack_members)
+        return released_row_bias(keep, self.group(len(keep)), max(self.stack_members, 1))
 
     def forward(self, x: Tensor, rows: Rows, prototypes: Tensor, row_bias: Tensor | None) -> Tensor:
         # x: [R, D]; prototypes: [B, n, D]; row_bias: [R] or None -> prompt [R, P]
         b = rows.batch
         group = self.group(b)
-        if group == b:  # one pool: every row against every prototype of the batch
+        # One pool: every row against every prototype of the batch. In a stack (even of one)
+        # each member's pool is mixed alike, so a member's numbers never depend on the stack.
+        if group == b and not self.stack_members:
             mixed = self.mix(x, prototypes.flatten(0, 1), row_bias)
         else:
             grid, bias = rows.grid(x), None if row_bias is None else rows.grid(row_bias)
             parts = []
-            for sl, g in pools(b, group, self.stack_members):
+            for sl, g in pools(b, group, max(self.stack_members, 1)):
                 k = (sl.stop - sl.start) // g
                 xs = grid[sl].reshape(k, -1, grid.shape[-1])  # [k, g*L, D]
                 bs = None if bias is None else bias[sl].reshape(k, -1)

@@ -2,10 +2,8 @@
 # The speed check for a GPU machine (H100/H200): benchmarks/speed.py at the published settings.
 #   1. comp-ref vs the released ComP on the same batches (MOSI and IEMOCAP-4 shapes);
 #   2. one comp-ref cell alone: MOSI at the published 300 epochs, IEMOCAP-4 at 20;
-#   3. a grid of 8 comp-ref cells, one at a time and 4 at once (GPU utilization, peak memory);
-#   3b. a grid of 16 momke MOSI cells (published widths and batch), one at a time, 4 at once
-#      and as one stack of 16: cells per hour, GPU utilization, rows compared (comp-ref does
-#      not stack yet: its prototypes pool over the batch);
+#   3. a grid of comp-ref cells (16 on MOSI, 8 on IEMOCAP-4), one at a time, 4 at once and as
+#      one stack: cells per hour, GPU utilization, peak memory, the stacked rows compared;
 #   4. every other method, one short cell alone per shape (its seconds per epoch);
 #   5. every method on a MOSEI-sized corpus (drawn labels: MOSEI's are not on this disk),
 #      a few epochs, and a grid of 4 comp-ref cells both ways;
@@ -38,13 +36,12 @@ done
 
 if python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    mosi=(--epochs 300 --grid-cells 8 --grid-epochs 30 --jobs 4 --repeats 5)
+    mosi=(--epochs 300 --grid-cells 16 --grid-epochs 20 --jobs 4 --repeats 5)
     mosi_others=(--epochs 30)
     iemocap=(--epochs 20 --grid-cells 8 --grid-epochs 10 --jobs 4 --repeats 3)
     iemocap_others=(--epochs 5)
     mosei=(--epochs 3 --grid-cells 4 --grid-epochs 2 --jobs 4 --grid-method comp-ref)
-    stacked=(--epochs 1 --grid-cells 16 --grid-epochs 20 --jobs 4)
-    limit=(200 120 160 120 180 150)
+    limit=(240 120 160 120 180)
     BUDGET=${BUDGET:-540}
 else
     echo "no GPU: the reduced version"
@@ -53,8 +50,7 @@ else
     iemocap=(--epochs 1 --grid-cells 0 --repeats 1 --train-batches 2)
     iemocap_others=(--epochs 1)
     mosei=(--methods comp-ref --epochs 1 --grid-cells 0)
-    stacked=(--epochs 1 --grid-cells 2 --grid-epochs 1 --jobs 2)
-    limit=(3000 3000 3000 3000 3000 3000)
+    limit=(3000 3000 3000 3000 3000)
     BUDGET=${BUDGET:-7200}
 fi
 
@@ -78,7 +74,6 @@ step() {  # step LIMIT OUTPUT ARGS...: one speed.py run, its output kept, its fa
         || status=$?
 }
 step "${limit[0]}" speed-mosi.txt --shape mosi --released "$RELEASED" --methods comp-ref "${mosi[@]}"
-step "${limit[5]}" speed-mosi-stacked.txt --shape mosi --methods momke "${stacked[@]}"
 step "${limit[1]}" speed-mosi-others.txt --shape mosi "${others[@]}" "${mosi_others[@]}"
 step "${limit[2]}" speed-iemocap4.txt --shape iemocap4 --released "$RELEASED" --methods comp-ref \
     "${iemocap[@]}"

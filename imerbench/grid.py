@@ -10,6 +10,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
@@ -160,9 +161,7 @@ class Grid:
     features: Mapping[str, str] | None = None
 
     def __post_init__(self) -> None:
-        def normalize(name: str, value: object) -> None:
-            object.__setattr__(self, name, value)  # the one place a Grid is written
-
+        normalize = partial(object.__setattr__, self)  # the one place a Grid is written
         for name in ("methods", "missing_rates", "seeds"):
             normalize(name, tuple(getattr(self, name)))
         if self.folds is not None:

@@ -102,6 +102,8 @@ def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     }
     if grid.precision != "fp32":  # absent for fp32: existing fp32 cell folders still resume
         config["precision"] = grid.precision
+    if can_stack(method):  # its dropout and noise come from the cell's own generator (and
+        config["streams"] = "per-cell"  # differ from older versions': never mixed with them)
     features = resolve_feature_names(grid.features)
     if features != DEFAULT_FEATURE_NAMES and not info.synthetic:  # absent by default, as above
         config["features"] = features

@@ -16,8 +16,9 @@ from tiny_corpus import splits_for, tiny_corpus
 from imerbench.data import parse_mask_spec
 from imerbench.losses import task_loss
 from imerbench.method import ModelOutput, RunContext
-from imerbench.plan import RunOptions
+from imerbench.plan import RunOptions, plan_cell
 from imerbench.registry import create_method, list_methods, register_method, unregister_method
+from imerbench.results import ResultStore
 from imerbench.runner import run_grid
 from imerbench.selection import CellFailure
 from imerbench.stacking import StackedLinear, can_stack, member_state
@@ -156,6 +157,7 @@ def test_stacking_keeps_a_cells_hash_and_rows(small_grid, tmp_path: Path) -> Non
         for cell_json in out.glob("cells/*/*/*/cell.json"):
             meta = json.loads(cell_json.read_text())
             assert meta["stack_size"] in ((1,) if stack == 1 else (4, 2))
+            assert meta["streams"] == "per-cell"  # in the hash: older streams never mix in
         frames[stack] = pd.read_csv(out / "results.csv")
     one, four = frames[1], frames[4]
     key = ["config_hash", "selection", "condition", "output", "metric"]
@@ -164,3 +166,12 @@ def test_stacking_keeps_a_cells_hash_and_rows(small_grid, tmp_path: Path) -> Non
     assert len(merged) == len(one) == len(four)
     assert (merged["epoch"] == merged["epoch_stacked"]).all()
     assert (merged["value"] - merged["value_stacked"]).abs().max() <= 1e-4
+
+
+def test_only_stackable_methods_carry_per_cell_streams(small_grid, tmp_path: Path) -> None:
+    grid = small_grid(methods=["gcnet", "late-fusion"], missing_rates=[0.3])
+    configs = {
+        c.method.label: plan_cell(c, grid, ResultStore(tmp_path)).config for c in grid.cells()
+    }
+    assert "streams" not in configs["gcnet"]  # unchanged: its cells keep their folders
+    assert configs["late-fusion"]["streams"] == "per-cell"

@@ -1,10 +1,11 @@
 """The dry run's time estimate, from a short measured probe of each distinct method shape.
 
-A probe builds the method's model on the cell's data, times two training steps after one of
-warm-up (`training.train_step`, the loop's own step) and one evaluation pass after one of
-warm-up. A cell then costs, per epoch, its training batches, a validation pass with the
-stored mask and one per modality (the training curves) and a test pass (the oracle); at the
-end, a test pass per forced subset. Stacks go in order to the first free of `jobs` workers.
+A probe builds the method's model (a stack's models, as a stack, on a GPU) on the cells'
+data, times two training steps after one of warm-up (`training.train_step`, the loop's own
+step) and one evaluation pass after one of warm-up. A cell then costs, per epoch, its
+training batches, a validation pass with the stored mask and one per modality (the training
+curves) and a test pass (the oracle); at the end, a test pass per forced subset. Stacks go in
+order to the first free of `jobs` workers.
 """
 
 from __future__ import annotations
@@ -20,11 +21,12 @@ import torch
 
 from imerbench.compute import Workspace
 from imerbench.data import MODALITIES, SUBSETS
-from imerbench.evaluation import predict
+from imerbench.evaluation import predict_members
 from imerbench.grid import Grid
 from imerbench.method import RunContext
 from imerbench.plan import PlannedCell, RunOptions, Stack, plan_grid
-from imerbench.training import autocast, data_spec, train_step
+from imerbench.stacking import can_stack
+from imerbench.training import Member, autocast, build_stack, member_batches, train_step
 
 WORKER_START_S = 3.0  # a spawned worker: Python, torch and the corpus (measured on a 2-core CPU)
 
@@ -38,34 +40,43 @@ class Probe:
     utterance_s: float  # evaluation time per utterance
 
 
-def probe(planned: PlannedCell, ws: Workspace) -> Probe:
-    method, cell = planned.method, planned.cell
+def probe(stack: Stack, ws: Workspace) -> Probe:
+    """Time a stack's training step and evaluation (a stack of one: a cell alone); the costs
+    returned are a member's share."""
+    first = stack[0]
+    method, cell = first.method, first.cell
     corpus = ws.corpus(cell.dataset)
-    splits = ws.splits(planned)
-    train = splits["train"]
-    torch.manual_seed(0)
-    model = method.build(data_spec(corpus)).to(ws.device)
+    members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
+    train = members[0].splits["train"]
+    models, model = build_stack(method, corpus, members, cell.fold, ws.device)
+    views = models if can_stack(method) else [model]
     optimizer = method.configure_optimizer(model)
     stage = method.stages[-1]
-    ctx = RunContext.for_metric("wa" if corpus.task == "classification" else "f1")
+    ctxs = [RunContext.for_metric("wa" if corpus.task == "classification" else "f1")] * len(stack)
     amp = partial(autocast, ws.device, ws.grid.precision)
-    size, complete = method.hp["batch_size"], method.needs_complete
-    batches = train.batches(size, None, method.fixed_length, complete=complete)
+    fixed = method.fixed_length or can_stack(method)
+    streams = [member_batches(method, corpus, m, cell.fold, 0, None, fixed) for m in members]
+
+    def clock() -> float:
+        if ws.device.type == "cuda":
+            torch.cuda.synchronize(ws.device)  # kernels run asynchronously
+        return time.perf_counter()
+
     timed = []
-    for k, batch in zip(range(3), batches, strict=False):
-        begin = time.perf_counter()
-        train_step(method, model, optimizer, [batch], stage, [ctx], amp)
+    for k, batches in zip(range(3), zip(*streams, strict=True), strict=False):
+        begin = clock()
+        train_step(method, model, optimizer, batches, stage, ctxs, amp, views=views)
         if k:  # the first step warms up
-            timed.append(time.perf_counter() - begin)
+            timed.append(clock() - begin)
     step = sum(timed) / len(timed) if timed else 0.0
-    data = splits.get("val") or splits["test"]
+    datas = [m.splits.get("val") or m.splits["test"] for m in members]
     with amp():
-        predict(model, method, data, stage)  # warm-up
-        begin = time.perf_counter()
-        predict(model, method, data, stage)
-        per_utterance = (time.perf_counter() - begin) / max(data.num_utterances, 1)
-    steps = -(-train.num_dialogues // size)
-    return Probe(step, steps, per_utterance)
+        predict_members(model, method, datas, stage)  # warm-up
+        begin = clock()
+        predict_members(model, method, datas, stage)
+        per_utterance = (clock() - begin) / max(datas[0].num_utterances, 1)
+    steps = -(-train.num_dialogues // method.hp["batch_size"])
+    return Probe(step / len(stack), steps, per_utterance / len(stack))
 
 
 def cell_seconds(planned: PlannedCell, measured: Probe, ws: Workspace) -> float:
@@ -80,21 +91,26 @@ def cell_seconds(planned: PlannedCell, measured: Probe, ws: Workspace) -> float:
 
 
 def estimate_seconds(
-    stacks: Sequence[Stack], ws: Workspace, threads: int = 1
+    stacks: Sequence[Stack], ws: Workspace, threads: int = 1, probe_stacks: bool | None = None
 ) -> dict[PlannedCell, float]:
-    """Seconds per cell, from one probe per (method, dataset, protocol), run with the
-    `threads` a worker would have."""
+    """Seconds per cell, from one probe per (method, dataset, protocol, stack size), run
+    with the `threads` a worker would have. On a CPU a stack is probed as one cell alone (a
+    stack's gain there is small, and probing stacks of 8 would take most of the dry run's
+    5 s); on a GPU, where stacking is the gain, as the stack it is (`probe_stacks`: either
+    way, whatever the device)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        probes: dict[tuple[str, str, str], Probe] = {}
+        probes: dict[tuple[str, str, str, int], Probe] = {}
         out = {}
         for stack in stacks:
+            whole = ws.device.type == "cuda" if probe_stacks is None else probe_stacks
+            probed = stack if whole else stack[:1]
+            c = stack[0].cell
+            key = (c.method.label, c.dataset, c.protocol, len(probed))
+            if key not in probes:
+                probes[key] = probe(probed, ws)
             for planned in stack:
-                c = planned.cell
-                key = (c.method.label, c.dataset, c.protocol)
-                if key not in probes:
-                    probes[key] = probe(planned, ws)
                 out[planned] = cell_seconds(planned, probes[key], ws)
         return out
     finally:

@@ -175,3 +175,21 @@ def test_only_stackable_methods_carry_per_cell_streams(small_grid, tmp_path: Pat
     }
     assert "streams" not in configs["gcnet"]  # unchanged: its cells keep their folders
     assert configs["late-fusion"]["streams"] == "per-cell"
+
+
+def test_the_dry_run_probes_stacks_and_writes_nothing(small_grid, tmp_path: Path) -> None:
+    from imerbench.compute import Workspace
+    from imerbench.estimate import estimate_seconds
+    from imerbench.plan import plan_grid
+
+    grid = small_grid(methods=["late-fusion", "gcnet"], missing_rates=[0.0, 0.3, 0.7])
+    options = RunOptions(out=tmp_path / "run", device="cpu", stack=3)
+    plan = plan_grid(grid, options)
+    assert [len(s) for s in plan.stacks] == [3, 1, 1, 1]  # gcnet runs alone
+    ws = Workspace(grid, options, store_masks=False)
+    seconds = estimate_seconds(plan.stacks, ws, probe_stacks=True)
+    assert set(seconds) == set(plan.todo)
+    assert all(0 < s < 60 for s in seconds.values())
+    # One probe for a stack: its members (same method, split sizes) share one estimate.
+    assert len({seconds[p] for p in plan.stacks[0]}) == 1
+    assert not (tmp_path / "run").exists()

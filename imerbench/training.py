@@ -212,8 +212,8 @@ def train_stack(
     logs: Sequence[Callable[[str], None]] | None = None,
 ) -> list[TrainOutcome | CellFailure]:
     """Train the cells of one stack (more than one only for a method that stacks, see
-    `imerbench/stacking.py`); a member that fails fails alone. `splits` hold the
-    train/val/test data on the device; `val` may be absent (paper protocol).
+    `imerbench/stacking.py`); a member that fails fails alone. Each member's `splits` hold
+    the train/val/test data on the device; `val` may be absent (paper protocol).
 
     `modality_curves`: also score validation with each single modality forced, every epoch
     (the per-modality training curves). `subsets`: score the selected weights (val, or the

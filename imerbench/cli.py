@@ -75,6 +75,7 @@ def run(
 ) -> None:
     """Run or resume a grid (default: every method on the synthetic corpus)."""
     from imerbench.compute import CellReport
+    from imerbench.data import resolve_dataset
     from imerbench.grid import default_grid_path, load_grid
     from imerbench.leaderboard import leaderboards, render
     from imerbench.plan import RunOptions
@@ -110,6 +111,11 @@ def run(
         data_root=str(data_root) if data_root else None,
         features=features,
     )
+    if data_root is not None and all(resolve_dataset(d).synthetic for d in grid.datasets):
+        raise ImerbenchError(
+            f"--data-root {data_root}: no dataset of the grid reads it ({', '.join(grid.datasets)}"
+            " generated); drop it, or name the datasets to read, e.g. --datasets iemocap4"
+        )
     options = RunOptions(
         out=out or Path("runs") / grid.name,
         device=device,
@@ -130,6 +136,7 @@ def run(
 
     start = time.perf_counter()
     counts = {"ok": 0, "failed": 0, "skipped": 0, "claimed": 0}
+    failed = 0  # cells without a result: failed now, or before and not run again
     with Progress(
         TextColumn("[bold]cells"),
         BarColumn(),
@@ -141,7 +148,9 @@ def run(
         task = progress.add_task("cells", total=len(grid.cells()))
 
         def on_cell(report: CellReport) -> None:
+            nonlocal failed
             counts[report.status] += 1
+            failed += report.failed
             progress.advance(task)
             if report.status == "skipped":
                 return
@@ -163,6 +172,15 @@ def run(
     df = store.read()
     if len(df):
         typer.echo(render(leaderboards(df), "md"))
+    if failed:
+        err_console.print(
+            escape(
+                f"{failed} of {len(grid.cells())} cells have no result (failed): their reasons "
+                f"are in the error column of {store.merged_path} and in each cell's log.txt; "
+                "--retry-failed runs them again"
+            )
+        )
+        raise typer.Exit(1)
 
 
 @app.command("list")

@@ -51,6 +51,12 @@ class CellReport:
     summary: str = ""
     seconds: float = 0.0
     rows: list[dict[str, Any]] = field(default_factory=list)
+    failed_before: bool = False  # skipped: it failed in an earlier run (--retry-failed)
+
+    @property
+    def failed(self) -> bool:
+        """The cell has no result: it failed now, or before and was not run again."""
+        return self.status == "failed" or self.failed_before
 
 
 class Workspace:

@@ -57,7 +57,8 @@ def run_grid(
     store = ResultStore(options.out)
     for planned in plan.done:
         remove_stale_claim(planned.folder)  # a run killed between writing rows and releasing
-        on_cell(CellReport(planned.cell, "skipped"))
+        before = store.status(planned.folder) == "failed"
+        on_cell(CellReport(planned.cell, "skipped", failed_before=before))
     last_merge = time.monotonic()
 
     def tick() -> None:

@@ -192,3 +192,34 @@ def test_third_party_methods_register_through_entry_points(
         assert set(rows["method"]) == {"plugin-fusion"} and (rows["status"] == "ok").all()
     finally:
         registry.unregister_method("plugin-fusion")
+
+
+def test_run_exits_1_while_any_cell_has_no_result(run_cli, monkeypatch, tmp_path: Path) -> None:
+    """A learning rate of 1e12 makes the loss NaN: that cell fails, the other one does not;
+    the run exits 1 and says where the reasons are, also when it only skips the failure."""
+    monkeypatch.setenv("COLUMNS", "400")
+    out = tmp_path / "run"
+    args = ["run", "--methods", "early-fusion[lr=1e12],late-fusion", "--missing-rates", "0.5",
+            "--seeds", "0", "--epochs", "1", "--device", "cpu", "--out", str(out)]  # fmt: skip
+    code, stdout, err = run_cli(*args)
+    assert code == 1, err
+    assert "1 cells ran, 1 failed, 0 already done" in stdout
+    assert "Traceback" not in err
+    assert (
+        f"1 of 2 cells have no result (failed): their reasons are in the error column of {out}"
+        in err
+    )
+    code, stdout, err = run_cli(*args)  # nothing runs; the failure is still there
+    assert code == 1 and "0 cells ran, 0 failed, 2 already done" in stdout
+    assert "1 of 2 cells have no result" in err
+    code, _, err = run_cli(*args[:2], "late-fusion", *args[3:])  # only the cell that worked
+    assert code == 0 and "no result" not in err
+
+
+def test_a_data_root_no_dataset_reads_is_refused(one_error_line, tmp_path: Path) -> None:
+    line = one_error_line("run", "--data-root", str(tmp_path), "--out", str(tmp_path / "run"))
+    assert line == (
+        f"error: --data-root {tmp_path}: no dataset of the grid reads it (synthetic generated); "
+        "drop it, or name the datasets to read, e.g. --datasets iemocap4"
+    )
+    assert not (tmp_path / "run").exists()

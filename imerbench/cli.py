@@ -79,6 +79,7 @@ def run(
     from imerbench.grid import default_grid_path, load_grid
     from imerbench.leaderboard import leaderboards, render
     from imerbench.plan import RunOptions
+    from imerbench.results import separate_configurations
     from imerbench.runner import run_grid
 
     if executor not in ("local", "ray"):
@@ -169,9 +170,13 @@ def run(
         f"{counts['ok']} cells ran, {counts['failed']} failed, {counts['skipped']} already "
         f"done{claimed}; {elapsed:.1f} s. Results: {store.merged_path}"
     )
-    df = store.read()
-    if len(df):
-        typer.echo(render(leaderboards(df), "md"))
+    try:
+        df = separate_configurations(store.read(), store.root)
+    except ImerbenchError as exc:  # the cells are written; only the summary cannot be made
+        err_console.print(escape(f"no leaderboard: {exc}"))
+    else:
+        if len(df):
+            typer.echo(render(leaderboards(df), "md"))
     if failed:
         err_console.print(
             escape(
@@ -214,13 +219,13 @@ def table(
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
     from imerbench.leaderboard import leaderboards, protocol_table, render
-    from imerbench.results import read_results
+    from imerbench.results import read_results, separate_configurations
 
     if fmt not in ("md", "latex", "csv"):
         raise ImerbenchError(f"--format {fmt}: use md, latex or csv")
     if selection not in ("val", "test-oracle"):
         raise ImerbenchError(f"--selection {selection}: use val or test-oracle")
-    df = read_results(results)
+    df = separate_configurations(read_results(results), results)
     if protocols:
         typer.echo(protocol_table(df, fmt))
         return
@@ -239,9 +244,9 @@ def plot(
 ) -> None:
     """Figures of the modality-imbalance analysis (PNG and PDF)."""
     from imerbench.plots import plot_all
-    from imerbench.results import read_results
+    from imerbench.results import read_results, separate_configurations
 
-    df = read_results(results)
+    df = separate_configurations(read_results(results), results)
     folder = results if results.is_dir() else results.parent
     written = plot_all(folder, df, out or folder / "figures")
     for path in written:
@@ -258,9 +263,9 @@ def report(
 ) -> None:
     """One self-contained HTML page: leaderboards, analysis, figures, provenance."""
     from imerbench.report import write_report
-    from imerbench.results import read_results
+    from imerbench.results import read_results, separate_configurations
 
-    df = read_results(results)
+    df = separate_configurations(read_results(results), results)
     folder = results if results.is_dir() else results.parent
     path = write_report(folder, df, out or folder / "report.html")
     typer.echo(f"wrote {path}")

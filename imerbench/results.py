@@ -164,6 +164,37 @@ def read_results(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def separate_configurations(df: pd.DataFrame, where: str | Path) -> pd.DataFrame:
+    """The rows, never averaging configurations that differ beyond missing rate, seed and
+    fold: where one method's cells of a dataset hold several configurations (runs with other
+    `--epochs` in one folder), each is labelled by its epochs (`early-fusion[epochs=3]`); a
+    difference the rows cannot show stops with one line naming both configurations."""
+    key = ["method", "dataset", "fold", "mask", "seed"]
+    cells = df.drop_duplicates("config_hash")
+    mixed = cells.groupby(key)["config_hash"].transform("nunique") > 1
+    if not mixed.any():
+        return df
+    out = df.copy()
+    for method, dataset in cells.loc[mixed, ["method", "dataset"]].drop_duplicates().values:
+        rows = (out["method"] == method) & (out["dataset"] == dataset)
+        epochs = out.loc[rows, "epochs"].astype(str)
+        base, _, inside = str(method).partition("[")
+        inner = inside[:-1] + "," if inside else ""
+        out.loc[rows, "method"] = base + "[" + inner + "epochs=" + epochs + "]"
+    again = out.drop_duplicates("config_hash")
+    clash = again[again.groupby(key)["config_hash"].transform("nunique") > 1]
+    if len(clash):
+        first = clash.sort_values("config_hash").iloc[0]
+        hashes = sorted(clash[(clash[key] == first[key]).all(axis=1)]["config_hash"])
+        raise ImerbenchError(
+            f"{where}: {first['method']} on {first['dataset']} (fold {first['fold']}, mr "
+            f"{first['mask']}, seed {first['seed']}) has two configurations, {hashes[0]} and "
+            f"{hashes[1]}; compare their cell.json, keep one, or run them into separate --out "
+            "folders"
+        )
+    return out
+
+
 # Claims: which process is running a cell, so that runs sharing a folder never train one
 # cell twice. `<cell>/claim` is created when a cell starts and removed once its rows are
 # written (or it failed); a claim whose process has died on this host is stale.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tomllib
 from pathlib import Path
 
@@ -223,3 +224,50 @@ def test_a_data_root_no_dataset_reads_is_refused(one_error_line, tmp_path: Path)
         "drop it, or name the datasets to read, e.g. --datasets iemocap4"
     )
     assert not (tmp_path / "run").exists()
+
+
+def test_two_configurations_of_a_method_are_never_averaged(
+    run_cli, monkeypatch, tmp_path: Path
+) -> None:
+    """`--epochs 1` and `--epochs 2` runs of one method in one folder: two labelled rows in
+    the table, each the mean of its own cells only; results.csv keeps the labels as run."""
+    monkeypatch.setenv("COLUMNS", "300")
+    out = tmp_path / "run"
+    args = ["--methods", "early-fusion", "--missing-rates", "0.5", "--seeds", "0",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    for epochs in ("1", "2"):
+        assert run_cli("run", *args, "--epochs", epochs).code == 0
+    raw = pd.read_csv(out / "results.csv")
+    assert set(raw["method"]) == {"early-fusion"} and raw["config_hash"].nunique() == 2
+    code, table, _ = run_cli("table", str(out), "--format", "csv")
+    assert code == 0
+    board = pd.read_csv(io.StringIO(table))
+    labels = sorted(set(board["method"]) - {"Bayes limit"})
+    assert labels == ["early-fusion[epochs=1]", "early-fusion[epochs=2]"]
+    for epochs in (1, 2):
+        own = raw.query(f"epochs == {epochs} and selection == 'val' and condition == 'mask'")
+        wa = own.query("output == 'fused' and metric == 'wa'")["value"].iloc[0]
+        (shown,) = board.query(f"method == 'early-fusion[epochs={epochs}]' and metric == 'wa'")[
+            "mean"
+        ]
+        assert shown == pytest.approx(wa)  # its own cell, not the mean of both
+
+
+def test_configurations_the_rows_cannot_tell_apart_stop_the_table(
+    run_cli, one_error_line, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    args = ["--methods", "late-fusion", "--missing-rates", "0.5", "--seeds", "0", "--epochs", "1",
+            "--device", "cpu", "--out", str(out)]  # fmt: skip
+    for precision in ("fp32", "bf16"):  # in the hash, not in the rows
+        code, _, err = run_cli("run", *args, "--precision", precision)
+        assert code == 0  # the cells ran; only the leaderboard is left out, and says why
+    assert " ".join(err.split()).startswith(f"no leaderboard: {out}: late-fusion[epochs=1] on")
+    line = one_error_line("table", str(out))
+    assert line.startswith(
+        f"error: {out}: late-fusion[epochs=1] on synthetic (fold 0, mr 0.5, seed 0) has two "
+        "configurations, "
+    )
+    assert line.endswith(
+        "compare their cell.json, keep one, or run them into separate --out folders"
+    )

@@ -193,3 +193,24 @@ def test_the_dry_run_probes_stacks_and_writes_nothing(small_grid, tmp_path: Path
     # One probe for a stack: its members (same method, split sizes) share one estimate.
     assert len({seconds[p] for p in plan.stacks[0]}) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_a_stack_without_validation_selects_on_test_as_alone(tmp_path: Path) -> None:
+    """The paper protocol (no validation split): members are scored and selected by the
+    test-oracle alone, as each would be alone."""
+    corpus = tiny_corpus(num_dialogues=32)
+    method = create_method("momke", "quick").with_epochs(3)
+    stack = [
+        Member(splits_for(corpus, rate, seed=seed, with_val=False), parse_mask_spec(rate), seed)
+        for rate in ("0.3", "0.7")
+        for seed in (0, 1)
+    ]
+    together = train_stack(method, corpus, stack, fold=0, primary="wa")
+    for member, outcome in zip(stack, together, strict=True):
+        (alone,) = train_stack(method, corpus, [member], fold=0, primary="wa")
+        assert not isinstance(outcome, CellFailure) and not isinstance(alone, CellFailure)
+        assert set(outcome.selected) == set(alone.selected) == {"test-oracle"}
+        chosen, other = alone.selected["test-oracle"], outcome.selected["test-oracle"]
+        assert other.epoch == chosen.epoch
+        assert other.test["fused"]["wa"] == pytest.approx(chosen.test["fused"]["wa"], abs=1e-4)
+        assert other.conditions.keys() == chosen.conditions.keys() and chosen.conditions

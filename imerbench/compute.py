@@ -38,7 +38,7 @@ from imerbench.provenance import code_version, provenance
 from imerbench.results import (
     SCHEMA_VERSION,
 )
-from imerbench.selection import CellFailure, TrainOutcome
+from imerbench.selection import TRAINING_ERRORS, CellFailure, TrainOutcome
 from imerbench.training import Member, train_stack
 
 
@@ -241,23 +241,6 @@ def failed_row(base: dict[str, Any], message: str, seconds: float) -> dict[str, 
     }
 
 
-def compute_cell(
-    planned: PlannedCell, ws: Workspace, log: Callable[[str], None], attempts: int = 1
-) -> CellResult:
-    """Train one cell without touching its folder (a stack of one, see `compute_stack`)."""
-    return compute_stack([planned], ws, [log], attempts)[0]
-
-
-TRAINING_ERRORS = (
-    CellFailure,
-    ImerbenchError,
-    RuntimeError,
-    ValueError,
-    FloatingPointError,
-    MemoryError,
-)
-
-
 def compute_stack(
     stack: Sequence[PlannedCell],
     ws: Workspace,
@@ -280,7 +263,7 @@ def compute_stack(
         log(f"cell {c.describe()} ({c.protocol} protocol) on {device}, {precision}{beside}")
         log(f"config {json.dumps(planned.config, sort_keys=True, default=str)}")
     start = time.perf_counter()
-    outcomes: list[TrainOutcome | BaseException]
+    outcomes: list[TrainOutcome | Exception]
     try:
         members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
         outcomes = list(
@@ -294,12 +277,20 @@ def compute_stack(
                 logs=logs,
             )
         )
-    except TRAINING_ERRORS as exc:
+    except (ImerbenchError, *TRAINING_ERRORS) as exc:
         for log in logs:
             log(traceback.format_exc())
         if is_out_of_memory(exc):
             free_memory(exc, ws.device)
-        outcomes = [exc] * len(stack)
+        if len(stack) > 1:  # the stack as a whole failed (out of memory, say): each alone
+            for log in logs:
+                log(f"the stack of {len(stack)} failed ({failure_message(exc)}); alone now")
+            return [
+                result
+                for planned, log in zip(stack, logs, strict=True)
+                for result in compute_stack([planned], ws, [log], attempts)
+            ]
+        outcomes = [exc]
     for outcome, log in zip(outcomes, logs, strict=True):
         if isinstance(outcome, CellFailure):
             log(f"failed: {outcome}")

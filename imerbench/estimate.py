@@ -20,13 +20,19 @@ from functools import partial
 import torch
 
 from imerbench.compute import Workspace
-from imerbench.data import MODALITIES, SUBSETS
+from imerbench.data import MODALITIES, SUBSETS, resolve_dataset
 from imerbench.evaluation import predict_members
 from imerbench.grid import Grid
 from imerbench.method import RunContext
 from imerbench.plan import PlannedCell, RunOptions, Stack, plan_grid
-from imerbench.stacking import can_stack
-from imerbench.training import Member, autocast, build_stack, member_batches, train_step
+from imerbench.training import (
+    Member,
+    autocast,
+    build_stack,
+    member_batches,
+    padded_training,
+    train_step,
+)
 
 WORKER_START_S = 3.0  # a spawned worker: Python, torch and the corpus (measured on a 2-core CPU)
 
@@ -49,12 +55,12 @@ def probe(stack: Stack, ws: Workspace) -> Probe:
     members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
     train = members[0].splits["train"]
     models, model = build_stack(method, corpus, members, cell.fold, ws.device)
-    views = models if can_stack(method) else [model]
+    views = models  # [model] itself where the method does not stack
     optimizer = method.configure_optimizer(model)
     stage = method.stages[-1]
-    ctxs = [RunContext.for_metric("wa" if corpus.task == "classification" else "f1")] * len(stack)
+    ctxs = [RunContext.for_metric(resolve_dataset(cell.dataset).primary_metric) for _ in stack]
     amp = partial(autocast, ws.device, ws.grid.precision)
-    fixed = method.fixed_length or can_stack(method)
+    fixed = padded_training(method)
     streams = [member_batches(method, corpus, m, cell.fold, 0, None, fixed) for m in members]
 
     def clock() -> float:

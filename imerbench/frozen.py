@@ -9,8 +9,10 @@ from typing import Any, NoReturn
 class FrozenDict(dict[str, Any]):
     """A dict that refuses every change; a change is a new object."""
 
+    refusal = "this mapping is read-only; build a new one instead"  # what a change is told
+
     def _frozen(self, *_: Any, **__: Any) -> NoReturn:
-        raise TypeError(f"this {type(self).__name__} is read-only; build a new one instead")
+        raise TypeError(self.refusal)
 
     __setitem__ = __delitem__ = _frozen  # type: ignore[assignment]
     clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]

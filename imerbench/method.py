@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -63,12 +63,7 @@ class HParams(FrozenDict):
 
     A dict, so that it serializes (JSON, pickle) exactly as the plain dict it replaced."""
 
-    def _frozen(self, *_: Any, **__: Any) -> NoReturn:
-        raise TypeError("hyper-parameters are frozen; use method.with_params(...) instead")
-
-    __setitem__ = __delitem__ = _frozen  # type: ignore[assignment]
-    clear = pop = popitem = setdefault = update = _frozen  # type: ignore[assignment]
-    __ior__ = _frozen  # type: ignore[assignment]
+    refusal = "hyper-parameters are frozen; use method.with_params(...) instead"
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from imerbench.stacking import can_stack
 EXECUTORS = ("local", "ray")
 # Automatic cells per stack: on a CPU a stack of 8 removes most of the per-operation overhead
 # of small models; a GPU has room for more.
-STACK_PER_DEVICE = {"cpu": 8, "cuda": 16, "mps": 8}
+STACK_PER_DEVICE = {"cpu": 8, "cuda": 16}  # other devices: 8
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class RunOptions:
         """Cells per stack where a method stacks: the one given, else the device's default."""
         if self.stack > 0:
             return self.stack
-        return STACK_PER_DEVICE[resolve_device(self.device).type]
+        return STACK_PER_DEVICE.get(resolve_device(self.device).type, 8)
 
     def resolved_jobs(self) -> int:
         """Automatic: one single-threaded process per core on CPU (tiny models use one

@@ -185,12 +185,14 @@ def separate_configurations(df: pd.DataFrame, where: str | Path) -> pd.DataFrame
     clash = again[again.groupby(key)["config_hash"].transform("nunique") > 1]
     if len(clash):
         first = clash.sort_values("config_hash").iloc[0]
-        hashes = sorted(clash[(clash[key] == first[key]).all(axis=1)]["config_hash"])
+        both = clash[(clash[key] == first[key]).all(axis=1)].sort_values("config_hash")
+        hashes, versions = list(both["config_hash"]), sorted(set(both["code_version"].astype(str)))
+        by = f" (written by code versions {' and '.join(versions)})" if len(versions) > 1 else ""
         raise ImerbenchError(
             f"{where}: {first['method']} on {first['dataset']} (fold {first['fold']}, mr "
             f"{first['mask']}, seed {first['seed']}) has two configurations, {hashes[0]} and "
-            f"{hashes[1]}; compare their cell.json, keep one, or run them into separate --out "
-            "folders"
+            f"{hashes[1]}{by}; compare their cell.json, keep one, or run them into separate "
+            "--out folders"
         )
     return out
 

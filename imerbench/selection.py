@@ -29,6 +29,10 @@ class CellFailure(Exception):
     """The run cannot go on (non-finite loss, ...); the cell is recorded as failed."""
 
 
+# What a cell's training may raise and still be recorded as a failed cell, not a crash.
+TRAINING_ERRORS = (CellFailure, RuntimeError, ValueError, FloatingPointError, MemoryError)
+
+
 @dataclass
 class Selected:
     """The outcome of one selection protocol."""

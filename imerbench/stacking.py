@@ -89,13 +89,11 @@ class Noise:
             self.generators.append(generator)
 
     def uniform(self, like: Tensor) -> Tensor:
-        """Uniform [0, 1) draws shaped like `like`, member k's block from generator k."""
+        """Uniform [0, 1) float32 draws shaped like `like` (float32 whatever its dtype: bf16
+        draws are too coarse for a keep probability), member k's block from generator k."""
         k = len(self.generators)
         shape = (like.shape[0] // k, *like.shape[1:])
-        draws = [
-            torch.rand(shape, generator=g, device=like.device, dtype=like.dtype)
-            for g in self.generators
-        ]
+        draws = [torch.rand(shape, generator=g, device=like.device) for g in self.generators]
         return draws[0] if k == 1 else torch.cat(draws)
 
 
@@ -108,7 +106,7 @@ class CellDropout(nn.Dropout):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.p == 0.0 or self.noise is None:
             return super().forward(x)
-        keep = self.noise.uniform(x) >= self.p
+        keep = (self.noise.uniform(x) >= self.p).to(x.dtype)
         return x * keep / (1.0 - self.p)
 
 

@@ -19,7 +19,13 @@ from imerbench.data import MODALITIES, Batch, Corpus, MaskSpec, SplitData, train
 from imerbench.evaluation import Scores, condition_mask, predict_members, score
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
-from imerbench.selection import CellFailure, HistoryRow, TrainOutcome, finish_member
+from imerbench.selection import (
+    TRAINING_ERRORS,
+    CellFailure,
+    HistoryRow,
+    TrainOutcome,
+    finish_member,
+)
 from imerbench.stacking import (
     Noise,
     can_stack,
@@ -96,10 +102,11 @@ def train_step(
     total = alive[0] if len(alive) == 1 else torch.stack(alive).sum()
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if views[0] is not model:  # a stack: the members' models see their slices' gradients
+    hooked = type(method).after_backward is not Method.after_backward
+    if hooked and views[0] is not model:  # a stack: members' models see their gradients
         point_gradients(views, model)
     for k, (view, o, b) in enumerate(zip(views, outs, batches, strict=True)):
-        if live[k]:
+        if live[k] and hooked:
             method.after_backward(view, float32_outputs(o), b, stage, ctxs[k])
     optimizer.step()
     return torch.stack([x.detach() for x in losses])
@@ -143,6 +150,13 @@ def build_stack(
         use_cell_dropout(solo, None)  # never trained on its own
         use_generator(solo, generator)  # a loss's own noise (see stacking.generator_of)
     return models, model
+
+
+def padded_training(method: Method) -> bool:
+    """Whether training batches are padded to a fixed length: the method's own need, or,
+    for a stackable method, the split's longest dialogue, alone too, so that a member's
+    tensors (and dropout draws) have one shape in every stack."""
+    return method.fixed_length or can_stack(method)
 
 
 def member_batches(
@@ -210,7 +224,7 @@ def train_stack(
     subsets: bool = True,
     precision: str = "fp32",
     logs: Sequence[Callable[[str], None]] | None = None,
-) -> list[TrainOutcome | CellFailure]:
+) -> list[TrainOutcome | Exception]:
     """Train the cells of one stack (more than one only for a method that stacks, see
     `imerbench/stacking.py`); a member that fails fails alone. Each member's `splits` hold
     the train/val/test data on the device; `val` may be absent (paper protocol).
@@ -233,14 +247,12 @@ def train_stack(
     ctxs = [RunContext.for_metric(primary) for _ in members]  # each member's hook state
     ctx = ctxs[0]
     models, model = build_stack(method, corpus, members, fold, device)
-    views = models if can_stack(method) else [model]
+    views = models  # [model] itself where the method does not stack
     optimizer = method.configure_optimizer(model)
     epochs = method.hp["epochs"]
     last_stage = method.stages[-1]
     groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None
-    # A stackable method's training batches are padded to the split's longest dialogue,
-    # alone too, so that a member's tensors (and dropout draws) have one shape everywhere.
-    fixed = method.fixed_length or stacks
+    fixed = padded_training(method)
     history: list[list[HistoryRow]] = [[] for _ in members]
     best: list[dict[str, tuple[float, int, dict[str, Tensor], Scores]]] = [{} for _ in members]
     failed: dict[int, CellFailure] = {}
@@ -253,8 +265,8 @@ def train_stack(
         if ctx.better(value, None if current is None else current[0]):
             best[k][selection] = (value, epoch, member_state(model, k), test_scores)
 
-    def scores_of(split: str, view: Callable[[SplitData], SplitData] = lambda d: d) -> list[Scores]:
-        datas = [view(m.splits[split]) for m in members]
+    def scores_of(datas: list[SplitData]) -> list[Scores]:
+        """Each member's scores on its own view of one split, in one pass of the stack."""
         with amp():
             preds = predict_members(model, method, datas, stage)
         return [
@@ -263,6 +275,13 @@ def train_stack(
         ]
 
     has_val = "val" in members[0].splits
+    val = [m.splits["val"] for m in members] if has_val else []
+    test = [m.splits["test"] for m in members]
+    # The single-modality validation views (the training curves), built once for the run.
+    curves = {
+        c: [d.with_mask(condition_mask(c, d.num_utterances)) for d in val]
+        for c in (MODALITIES if modality_curves and has_val else ())
+    }
     start = time.perf_counter()
     stage = None
     for epoch in range(epochs):
@@ -293,16 +312,11 @@ def train_stack(
         if not live():
             break
 
-        val_scores = scores_of("val") if has_val else [{} for _ in members]
+        val_scores = scores_of(val) if has_val else [{} for _ in members]
         for k in live():
             method.on_epoch_end(views[k], epoch, stage, val_scores[k], ctxs[k])
-        test_scores = scores_of("test") if oracle else [{} for _ in members]
-        forced: dict[str, list[Scores]] = {}
-        if modality_curves and has_val:
-            for condition in MODALITIES:
-                forced[condition] = scores_of(
-                    "val", lambda d, c=condition: d.with_mask(condition_mask(c, d.num_utterances))
-                )
+        test_scores = scores_of(test) if oracle else [{} for _ in members]
+        forced = {condition: scores_of(datas) for condition, datas in curves.items()}
         for k in live():
             for split, scores in (("val", val_scores[k]), ("test", test_scores[k])):
                 for output, values in scores.items():
@@ -326,7 +340,7 @@ def train_stack(
             logs[k](f"epoch {epoch + 1}/{epochs} [{stage}] " + " ".join(shown))
     train_seconds = (time.perf_counter() - start) / size  # a member's share of the stack
 
-    out: list[TrainOutcome | CellFailure] = []
+    out: list[TrainOutcome | Exception] = []
     for k, member in enumerate(members):
         if k in failed:
             out.append(failed[k])
@@ -350,6 +364,6 @@ def train_stack(
                     log=logs[k],
                 )
             )
-        except CellFailure as failure:
+        except TRAINING_ERRORS as failure:  # this member's scoring: it fails alone
             out.append(failure)
     return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from imerbench.compute import CellReport, CellResult, Workspace, compute_stack, log_line
@@ -37,21 +37,26 @@ def claim_stack(
     finished meanwhile (`skipped`) are reported and left out. The caller releases the claims
     of the cells returned."""
     store = ResultStore(options.out)
-    mine = []
-    for planned in stack:
-        with writes_checked(options.out):
-            planned.folder.mkdir(parents=True, exist_ok=True)
-            holder = claim_cell(planned.folder)
-        if holder is not None:
-            text = f"running in another process ({holder.describe()})"
-            on_cell(CellReport(planned.cell, "claimed", text))
-            continue
-        status = store.status(planned.folder)  # another run may have finished it since we looked
-        if status == "ok" or (status == "failed" and not options.retry_failed):
+    mine: list[PlannedCell] = []
+    try:
+        for planned in stack:
+            with writes_checked(options.out):
+                planned.folder.mkdir(parents=True, exist_ok=True)
+                holder = claim_cell(planned.folder)
+            if holder is not None:
+                text = f"running in another process ({holder.describe()})"
+                on_cell(CellReport(planned.cell, "claimed", text))
+                continue
+            mine.append(planned)
+            status = store.status(planned.folder)  # another run may have finished it since
+            if status == "ok" or (status == "failed" and not options.retry_failed):
+                mine.pop()
+                release_claim(planned.folder)
+                on_cell(CellReport(planned.cell, "skipped", "finished by another process"))
+    except BaseException:  # e.g. a full disk at the third claim: drop the first two
+        for planned in mine:
             release_claim(planned.folder)
-            on_cell(CellReport(planned.cell, "skipped", "finished by another process"))
-            continue
-        mine.append(planned)
+        raise
     return mine
 
 
@@ -72,25 +77,20 @@ def run_stack(stack: Stack, ws: Workspace, on_cell: Callable[[CellReport], None]
     if not mine:  # every cell claimed or finished by another process
         return
     try:
-        logs = []
-        for planned in mine:
-            remove_stale_temporaries(planned.folder)
-            with writes_checked(ws.options.out):
-                logs.append((planned.folder / "log.txt").open("w", encoding="utf-8"))
+        with ExitStack() as files, writes_checked(ws.options.out):
+            logs = [
+                files.enter_context((p.folder / "log.txt").open("w", encoding="utf-8"))
+                for p in mine
+            ]
 
-        def logger(k: int) -> Callable[[str], None]:
-            def log(message: str) -> None:
-                logs[k].write(log_line(message))
-                logs[k].flush()
+            def logger(k: int) -> Callable[[str], None]:
+                def log(message: str) -> None:
+                    logs[k].write(log_line(message))
+                    logs[k].flush()
 
-            return log
+                return log
 
-        try:
-            with writes_checked(ws.options.out):
-                results = compute_stack(mine, ws, [logger(k) for k in range(len(mine))])
-        finally:
-            for log_file in logs:
-                log_file.close()
+            results = compute_stack(mine, ws, [logger(k) for k in range(len(mine))])
         for planned, result in zip(mine, results, strict=True):
             write_result(planned, result, ws.options)
             on_cell(result.report)

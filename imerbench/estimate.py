@@ -85,14 +85,20 @@ def probe(stack: Stack, ws: Workspace) -> Probe:
     return Probe(step / len(stack), steps, per_utterance / len(stack))
 
 
-def cell_seconds(planned: PlannedCell, measured: Probe, ws: Workspace) -> float:
-    splits = ws.splits(planned)
-    val, test = splits.get("val"), splits["test"]
-    n_val = val.num_utterances if val is not None else 0
+def split_sizes(planned: PlannedCell, ws: Workspace) -> tuple[int, int]:
+    """Utterances of the cell's validation and test splits (validation: 0 without one)."""
+    corpus = ws.corpus(planned.cell.dataset)
+    info = resolve_dataset(planned.cell.dataset)
+    fold = ws.fold(info, corpus, planned.cell.fold, planned.cell.protocol)
+    return len(corpus.utterances(fold.val)), len(corpus.utterances(fold.test))
+
+
+def cell_seconds(planned: PlannedCell, measured: Probe, sizes: tuple[int, int]) -> float:
+    n_val, n_test = sizes
     per_epoch = measured.batches * measured.step_s + measured.utterance_s * (
-        n_val * (1 + len(MODALITIES)) + test.num_utterances
+        n_val * (1 + len(MODALITIES)) + n_test
     )
-    final = measured.utterance_s * test.num_utterances * (1 + len(SUBSETS))
+    final = measured.utterance_s * n_test * (1 + len(SUBSETS))
     return planned.method.hp["epochs"] * per_epoch + final
 
 
@@ -116,8 +122,9 @@ def estimate_seconds(
             key = (c.method.label, c.dataset, c.protocol, len(probed))
             if key not in probes:
                 probes[key] = probe(probed, ws)
+            sizes = split_sizes(stack[0], ws)  # the same for every cell of a stack
             for planned in stack:
-                out[planned] = cell_seconds(planned, probes[key], ws)
+                out[planned] = cell_seconds(planned, probes[key], sizes)
         return out
     finally:
         torch.set_num_threads(previous)

@@ -6,6 +6,7 @@ models, see `imerbench/stacking.py`)."""
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from dataclasses import dataclass, field
@@ -161,15 +162,18 @@ def plan_cell(cell: Cell, grid: Grid, store: ResultStore) -> PlannedCell:
 
 
 def group_stacks(cells: tuple[PlannedCell, ...], most: int) -> tuple[Stack, ...]:
-    """Cells that may stack, in grid order, in chunks of at most `most` (1 for a method that
-    does not stack)."""
+    """Cells that may stack, group by group (in the order of each group's first cell), in
+    stacks of at most `most` (1 for a method that does not stack), their sizes as even as
+    possible (9 cells, at most 8: 5 and 4), so that workers get even shares."""
     groups: dict[tuple[Any, ...], list[PlannedCell]] = {}
     for planned in cells:
         groups.setdefault(planned.stack_key, []).append(planned)
     stacks: list[Stack] = []
     for group in groups.values():
         size = most if can_stack(group[0].method) else 1
-        stacks += [tuple(group[k : k + size]) for k in range(0, len(group), size)]
+        count = -(-len(group) // size)
+        bounds = [round(k * len(group) / count) for k in range(count + 1)]
+        stacks += [tuple(group[a:b]) for a, b in itertools.pairwise(bounds)]
     return tuple(stacks)
 
 

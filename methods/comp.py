@@ -65,9 +65,11 @@ Readings of points the paper leaves open (what the released code computes):
 - Padding is read by the per-row encoders (the released reconstruction and JSD terms average
   over padded rows too) and by the prototype projector, nothing else: after the encoders,
   padded keys are masked and a padded query only feeds outputs that losses and predictions
-  leave out. So in training the layers after the encoders run on the real utterances alone
-  (their outputs are 0 at padding), and a missing input's projection (the bias) is not
-  multiplied out (`ComPNet.pack_rows`); evaluation computes every position of the batch.
+  leave out. So a model trained on its own on a CPU runs the layers after the encoders on the
+  real utterances alone (their outputs are 0 at padding) and does not multiply out a missing
+  input's projection (the bias) (`ComPNet.pack_rows`); evaluation computes every position of
+  the batch. The harness trains ComP as a stack of models (imerbench/stacking.py, a stack of
+  one when alone), which computes every row, so the members' rows stay aligned.
 """
 
 from __future__ import annotations
@@ -321,8 +323,8 @@ class ComPNet(nn.Module):
     Batches may be shorter than the padded length (`pad_length`): positions past the batch's
     length are padding, and the model adds them where they count: the prototype projector
     (a Linear over the padded utterance axis) and, in training, the encoders' rows that the
-    released losses average over. In training the layers after the encoders run on the real
-    utterances alone (`pack_rows`); see `Rows`.
+    released losses average over. Trained on its own on a CPU, the layers after the encoders
+    run on the real utterances alone (`pack_rows`; see `Rows`); in a stack every row runs.
     """
 
     def __init__(

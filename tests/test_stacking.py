@@ -243,3 +243,16 @@ def test_a_stack_that_fails_as_a_whole_runs_its_cells_alone(
     merged = alone.merge(stacked, on=key, suffixes=("", "_s"))
     assert len(merged) == len(alone) == len(stacked)
     assert (merged["value"] - merged["value_s"]).abs().max() <= 1e-4
+
+
+def test_stacks_are_even_and_never_mix_methods(small_grid, tmp_path: Path) -> None:
+    from imerbench.plan import plan_grid
+
+    grid = small_grid(methods=["late-fusion", "gcnet", "early-fusion"],
+                      missing_rates=[0.0, 0.3, 0.7], seeds=[0, 1, 2])  # fmt: skip
+    plan = plan_grid(grid, RunOptions(out=tmp_path, device="cpu", stack=8))
+    sizes = [(s[0].cell.method.label, len(s)) for s in plan.stacks]
+    assert sizes == [("late-fusion", 4), ("late-fusion", 5), *[("gcnet", 1)] * 9,
+                     ("early-fusion", 4), ("early-fusion", 5)]  # fmt: skip
+    assert all(len({p.stack_key for p in s}) == 1 for s in plan.stacks)
+    assert sorted(p.digest for s in plan.stacks for p in s) == sorted(p.digest for p in plan.todo)

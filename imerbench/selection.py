@@ -10,14 +10,20 @@ From one run:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
-from imerbench.data import SplitData
-from imerbench.evaluation import Scores, predict, score, subset_scores
+from imerbench.data import SUBSETS, SplitData
+from imerbench.evaluation import (
+    Scores,
+    condition_mask,
+    pattern_scores,
+    predict_members,
+    score,
+)
 from imerbench.method import Method
 
 # (epoch, stage, split, condition, output, metric, value); condition "mask" is the split's
@@ -55,48 +61,82 @@ class TrainOutcome:
     diagnostics: dict[str, float]
 
 
-def finish_member(
+Best = dict[str, tuple[float, int, dict[str, Tensor], Scores]]  # selection -> its best epoch
+
+
+def finish_stack(
     method: Method,
     model: nn.Module,
-    val: SplitData | None,
-    test: SplitData,
-    best: dict[str, tuple[float, int, dict[str, Tensor], Scores]],
-    history: list[HistoryRow],
-    epochs: int,
-    train_seconds: float,
+    views: Sequence[nn.Module],
+    tests: Sequence[SplitData],
+    best: Sequence[Best],
+    ready: Sequence[bool],
     *,
-    primary: str,
+    subsets: bool,
     task: str,
+    amp: Callable[[], AbstractContextManager[None]],
+) -> list[dict[str, Selected]]:
+    """The selections of a stack's members (`ready`: those to select for): the val-selected
+    weights scored once on test, the oracle's, and the forced subsets and patterns of the
+    chosen weights. Each member's weights are loaded into its model (`views`, a view of its
+    slice of the stack, or `model` itself alone), so every pass is one pass of the stack."""
+    members = range(len(views))
+    selected: list[dict[str, Selected]] = [{} for _ in members]
+    last_stage = method.stages[-1]
+    val_preds = None  # the val-selected models' test predictions, reused for the patterns
+    if any("val" in best[k] for k in members if ready[k]):
+        for k in members:
+            if ready[k]:
+                views[k].load_state_dict(best[k]["val"][2])
+        with amp():
+            val_preds = predict_members(model, method, tests, last_stage)  # the one test pass
+        for k in members:
+            if ready[k]:
+                _, epoch, state, _ = best[k]["val"]
+                scores = score(val_preds[k], tests[k], task)
+                selected[k]["val"] = Selected("val", epoch, scores, state)
+    for k in members:
+        if ready[k] and "test-oracle" in best[k]:
+            _, epoch, state, scores = best[k]["test-oracle"]
+            selected[k]["test-oracle"] = Selected("test-oracle", epoch, scores, state)
+    chosen = {k: s.get("val") or s["test-oracle"] for k, s in enumerate(selected) if s}
+    if not subsets or not chosen:
+        return selected
+    for stage in dict.fromkeys(method.stage_of(c.epoch) for c in chosen.values()):
+        group = [k for k, c in chosen.items() if method.stage_of(c.epoch) == stage]
+        for k in group:
+            views[k].load_state_dict(chosen[k].state)
+        with amp():
+            preds = val_preds or predict_members(model, method, tests, stage)
+            for k in group:
+                chosen[k].conditions = pattern_scores(preds[k], tests[k], task)
+            for condition in SUBSETS:
+                forced = [t.with_mask(condition_mask(condition, t.num_utterances)) for t in tests]
+                preds = predict_members(model, method, forced, stage)
+                for k in group:
+                    chosen[k].conditions[condition] = score(preds[k], forced[k], task)
+    return selected
+
+
+def diagnose(
+    method: Method,
+    model: nn.Module,
+    view: nn.Module,
+    test: SplitData,
+    chosen: Selected | None,
     subsets: bool,
     amp: Callable[[], AbstractContextManager[None]],
-    log: Callable[[str], None],
-) -> TrainOutcome:
-    """A trained member's selections: the val-selected weights scored once on test, the
-    oracle's, and the forced subsets and patterns of the chosen weights."""
-    last_stage = method.stages[-1]
-    selected: dict[str, Selected] = {}
-    test_preds = None  # the val-selected model's test predictions, reused for the patterns
-    if "val" in best:
-        _, epoch, state, _ = best["val"]
-        model.load_state_dict(state)
+) -> dict[str, float]:
+    """The method's diagnostics of a member. They describe the last evaluation pass (ComP's
+    coordinator weights): a member of a stack replays its own (the forced all-modalities
+    subset of the chosen weights, else the test split) on its model alone."""
+    if type(method).diagnostics is Method.diagnostics:
+        return {}
+    if view is not model:
+        stage = method.stage_of(chosen.epoch) if chosen else method.stages[-1]
+        data = test
+        if subsets and chosen:
+            data = test.with_mask(condition_mask(SUBSETS[-1], test.num_utterances))
         with amp():
-            test_preds = predict(model, method, test, last_stage)  # the one test evaluation
-        scores = score(test_preds, test, task)
-        selected["val"] = Selected("val", epoch, scores, state)
-        log(f"val selection: epoch {epoch + 1}, test {primary} {scores['fused'][primary]:.4f}")
-    elif val is not None and val.num_utterances:
-        raise CellFailure("validation never produced a finite score; nothing to select")
-    if "test-oracle" in best:
-        _, epoch, state, scores = best["test-oracle"]
-        selected["test-oracle"] = Selected("test-oracle", epoch, scores, state)
-    if subsets and selected:
-        chosen = selected["val"] if "val" in selected else selected["test-oracle"]
-        model.load_state_dict(chosen.state)
-        stage_of_choice = method.stage_of(chosen.epoch)
-        with amp():
-            chosen.conditions = subset_scores(
-                model, method, test, stage_of_choice, task, preds=test_preds
-            )
-    diagnostics = method.diagnostics(model)
-    parameters = sum(p.numel() for p in model.parameters())
-    return TrainOutcome(selected, history, epochs, parameters, train_seconds, diagnostics)
+            predict_members(view, method, [data], stage)
+    return method.diagnostics(view)

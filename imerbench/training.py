@@ -20,11 +20,11 @@ from imerbench.evaluation import Scores, condition_mask, predict_members, score
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 from imerbench.seeding import derive_seed, rng
 from imerbench.selection import (
-    TRAINING_ERRORS,
     CellFailure,
     HistoryRow,
     TrainOutcome,
-    finish_member,
+    diagnose,
+    finish_stack,
 )
 from imerbench.stacking import (
     Noise,
@@ -340,30 +340,25 @@ def train_stack(
             logs[k](f"epoch {epoch + 1}/{epochs} [{stage}] " + " ".join(shown))
     train_seconds = (time.perf_counter() - start) / size  # a member's share of the stack
 
+    for k in live():  # a validation split that never gave a finite score: nothing to select
+        if has_val and "val" not in best[k] and val[k].num_utterances:
+            failed[k] = CellFailure("validation never produced a finite score; nothing to select")
+    ready = [k not in failed for k in range(size)]
+    selections = finish_stack(
+        method, model, views, test, best, ready, subsets=subsets, task=task, amp=amp
+    )
     out: list[TrainOutcome | Exception] = []
-    for k, member in enumerate(members):
+    for k, selected in enumerate(selections):
         if k in failed:
             out.append(failed[k])
             continue
-        solo = models[k]  # a stack's member: a view of its final weights in the stack
-        try:
-            out.append(
-                finish_member(
-                    method,
-                    solo,
-                    member.splits.get("val"),
-                    member.splits["test"],
-                    best[k],
-                    history[k],
-                    epochs,
-                    train_seconds,
-                    primary=primary,
-                    task=task,
-                    subsets=subsets,
-                    amp=amp,
-                    log=logs[k],
-                )
-            )
-        except TRAINING_ERRORS as failure:  # this member's scoring: it fails alone
-            out.append(failure)
+        if "val" in selected:
+            chosen, value = selected["val"], selected["val"].test["fused"][primary]
+            logs[k](f"val selection: epoch {chosen.epoch + 1}, test {primary} {value:.4f}")
+        chosen_k = selected.get("val") or selected.get("test-oracle")
+        diagnostics = diagnose(method, model, views[k], test[k], chosen_k, subsets, amp)
+        parameters = sum(p.numel() for p in views[k].parameters())
+        out.append(
+            TrainOutcome(selected, history[k], epochs, parameters, train_seconds, diagnostics)
+        )
     return out

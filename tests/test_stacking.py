@@ -107,6 +107,10 @@ def test_a_cell_in_a_stack_of_8_scores_as_alone(name: str, task: str) -> None:
                     assert scored_in_stack[condition][output][metric] == pytest.approx(
                         value, abs=1e-4, nan_ok=True
                     ), (selection, condition, output, metric)
+    assert mine.diagnostics.keys() == alone.diagnostics.keys()  # ComP's coordinator weights
+    for key, value in alone.diagnostics.items():
+        assert mine.diagnostics[key] == pytest.approx(value, abs=1e-4), key
+    assert mine.parameters == alone.parameters
     assert len(mine.history) == len(alone.history)
     for row, row_alone in zip(mine.history, alone.history, strict=True):
         assert row[:6] == row_alone[:6]
@@ -156,7 +160,7 @@ def test_stacking_keeps_a_cells_hash_and_rows(small_grid, tmp_path: Path) -> Non
         assert [r.status for r in reports] == ["ok"] * 6
         for cell_json in out.glob("cells/*/*/*/cell.json"):
             meta = json.loads(cell_json.read_text())
-            assert meta["stack_size"] in ((1,) if stack == 1 else (4, 2))
+            assert meta["stack_size"] == (1 if stack == 1 else 3)  # 6 cells: two stacks of 3
             assert meta["streams"] == "per-cell"  # in the hash: older streams never mix in
         frames[stack] = pd.read_csv(out / "results.csv")
     one, four = frames[1], frames[4]

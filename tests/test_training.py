@@ -54,7 +54,7 @@ def test_test_split_is_scored_once_for_val_selection(monkeypatch, oracle: bool) 
     corpus = tiny_corpus(num_dialogues=32)
     splits = splits_for(corpus)
     calls = {"val": 0, "test": 0}
-    real_members, real_predict = training.predict_members, selection.predict
+    real_members = training.predict_members
 
     def count(data) -> None:
         for name in ("val", "test"):
@@ -66,14 +66,10 @@ def test_test_split_is_scored_once_for_val_selection(monkeypatch, oracle: bool) 
             count(data)
         return real_members(model, method, datas, stage)
 
-    def counting_predict(model, method, data, stage):
-        count(data)
-        return real_predict(model, method, data, stage)
-
-    # The loop scores a split either way: predict_members() (every epoch, for each member of
-    # a stack), or predict() then score().
+    # Every pass goes through predict_members(): the loop's (every epoch, for each member of
+    # a stack) and the selections' (imerbench/selection.py).
     monkeypatch.setattr(training, "predict_members", counting_members)
-    monkeypatch.setattr(selection, "predict", counting_predict)
+    monkeypatch.setattr(selection, "predict_members", counting_members)
     method = create_method("late-fusion", "quick", epochs=5)
     outcome = train_cell(
         method,

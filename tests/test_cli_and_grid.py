@@ -159,8 +159,8 @@ def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_
         "--dry-run", "--device", "cpu", "--out", str(tmp_path), "--stack", "3",
     )  # fmt: skip
     assert code == 0
-    assert stdout.count("late-fusion synthetic") == 2  # a stack of 3 cells, then 1
-    assert "mr 0.0 seed 0, mr 0.0 seed 1, mr 0.5 seed 0  ~" in stdout
+    assert stdout.count("late-fusion synthetic") == 2  # 4 cells, at most 3: 2 and 2
+    assert "mr 0.0 seed 0, mr 0.0 seed 1  ~" in stdout and "mr 0.5 seed 0, mr 0.5 seed 1" in stdout
     assert "4 cells to run (0 already finished)" in stdout and ", as 2 stacks;" in stdout
 
 

@@ -224,7 +224,7 @@ def train_stack(
     subsets: bool = True,
     precision: str = "fp32",
     logs: Sequence[Callable[[str], None]] | None = None,
-) -> list[TrainOutcome | Exception]:
+) -> list[TrainOutcome | CellFailure]:
     """Train the cells of one stack (more than one only for a method that stacks, see
     `imerbench/stacking.py`); a member that fails fails alone. Each member's `splits` hold
     the train/val/test data on the device; `val` may be absent (paper protocol).
@@ -245,7 +245,6 @@ def train_stack(
     amp = partial(autocast, device, precision)
     task = corpus.task
     ctxs = [RunContext.for_metric(primary) for _ in members]  # each member's hook state
-    ctx = ctxs[0]
     models, model = build_stack(method, corpus, members, fold, device)
     views = models  # [model] itself where the method does not stack
     optimizer = method.configure_optimizer(model)
@@ -262,7 +261,7 @@ def train_stack(
 
     def consider(k: int, selection: str, value: float, epoch: int, test_scores: Scores) -> None:
         current = best[k].get(selection)
-        if ctx.better(value, None if current is None else current[0]):
+        if ctxs[k].better(value, None if current is None else current[0]):
             best[k][selection] = (value, epoch, member_state(model, k), test_scores)
 
     def scores_of(datas: list[SplitData]) -> list[Scores]:
@@ -347,7 +346,7 @@ def train_stack(
     selections = finish_stack(
         method, model, views, test, best, ready, subsets=subsets, task=task, amp=amp
     )
-    out: list[TrainOutcome | Exception] = []
+    out: list[TrainOutcome | CellFailure] = []
     for k, selected in enumerate(selections):
         if k in failed:
             out.append(failed[k])

@@ -74,7 +74,7 @@ from imerbench.plan import RunOptions
 from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
 from imerbench.runner import run_grid
-from imerbench.training import data_spec, train_step
+from imerbench.step import data_spec, train_step
 
 WIDTHS = {"a": 512, "t": 1024, "v": 1024}
 REDUCED = {"epochs": 2, "grid_cells": 2, "jobs": 2, "repeats": 3}  # a CPU's defaults
@@ -415,7 +415,7 @@ def compare_with_released(
         start = time.perf_counter()
         model.train()
         for batch in train_batches:
-            train_step(method, model, optimizer, [batch], stage, [ctx])
+            train_step(method, model, optimizer, [batch], [stage], [ctx])
         sync()
         middle = time.perf_counter()
         predict(model, method, ours["test"], stage)

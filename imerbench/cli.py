@@ -57,7 +57,11 @@ def run(
     precision: Annotated[
         str | None, typer.Option(help="fp32, or bf16: bfloat16 autocast (default fp32)")
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="override every method's epochs")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override every method's epoch caps")] = None,
+    ceilings: Annotated[
+        bool | None,
+        typer.Option(help="also train each multimodal method on a, t, v alone (the grid's say)"),
+    ] = None,
     protocol: Annotated[str | None, typer.Option(help="default or paper")] = None,
     widths: Annotated[str | None, typer.Option(help="synthetic widths: small or real")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder (default ./runs/<grid>)")] = None,
@@ -106,6 +110,7 @@ def run(
         seeds=seeds,
         folds=folds,
         epochs=epochs,
+        ceilings=ceilings,
         protocol=protocol,
         widths=widths,
         precision=precision,
@@ -216,8 +221,12 @@ def table(
     protocols: Annotated[
         bool, typer.Option(help="val vs test-oracle scores: what test-set selection inflates")
     ] = False,
+    convergence: Annotated[
+        bool, typer.Option(help="how each method's cells stopped: plateau, cap or fixed")
+    ] = False,
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
+    from imerbench.convergence import convergence_table
     from imerbench.leaderboard import leaderboards, protocol_table, render
     from imerbench.results import read_results, separate_configurations
 
@@ -228,6 +237,9 @@ def table(
     df = separate_configurations(read_results(results), results)
     if protocols:
         typer.echo(protocol_table(df, fmt))
+        return
+    if convergence:
+        typer.echo(convergence_table(df, fmt))
         return
     boards = leaderboards(df, selection, paper=paper)
     if not boards:

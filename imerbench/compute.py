@@ -148,6 +148,9 @@ def outcome_rows(
                             "metric": metric,
                             "value": value,
                             "epoch": selected.epoch,
+                            "epochs_trained": outcome.stopped.epochs_trained,
+                            "stop_reason": outcome.stopped.reason,
+                            "converged": outcome.stopped.converged,
                             "realized_missing_rate": realized,
                             "status": "ok",
                             "error": "",
@@ -325,7 +328,7 @@ def cell_result(
     files = artifact_files(meta, outcome, ws.options.save_weights)
     primary = resolve_dataset(cell.dataset).primary_metric
     shown = [
-        f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch + 1})"
+        f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch})"
         for sel, s in outcome.selected.items()
     ]
     report = CellReport(cell, "ok", ", ".join(shown), seconds, rows)
@@ -339,6 +342,12 @@ def artifact_files(
     meta = config | {
         "diagnostics": outcome.diagnostics,
         "selected_epochs": {k: s.epoch for k, s in outcome.selected.items()},
+        "selected_stages": {k: s.stage for k, s in outcome.selected.items()},
+        "stopped": {
+            "epochs_trained": outcome.stopped.epochs_trained,
+            "reason": outcome.stopped.reason,
+            "converged": outcome.stopped.converged,
+        },
     }
     files: dict[str, str | bytes] = {"cell.json": json.dumps(meta, indent=2, default=str)}
     lines = ["epoch,stage,split,condition,output,metric,value"]

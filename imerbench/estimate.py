@@ -25,7 +25,7 @@ from imerbench.evaluation import predict_members
 from imerbench.grid import Grid
 from imerbench.method import RunContext
 from imerbench.plan import PlannedCell, RunOptions, Stack, plan_grid
-from imerbench.training import (
+from imerbench.step import (
     Member,
     autocast,
     build_stack,
@@ -54,9 +54,7 @@ def probe(stack: Stack, ws: Workspace) -> Probe:
     corpus = ws.corpus(cell.dataset)
     members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
     train = members[0].splits["train"]
-    models, model = build_stack(method, corpus, members, cell.fold, ws.device)
-    views = models  # [model] itself where the method does not stack
-    optimizer = method.configure_optimizer(model)
+    views, model, optimizer = build_stack(method, corpus, members, cell.fold, ws.device)
     stage = method.stages[-1]
     ctxs = [RunContext.for_metric(resolve_dataset(cell.dataset).primary_metric) for _ in stack]
     amp = partial(autocast, ws.device, ws.grid.precision)
@@ -71,7 +69,7 @@ def probe(stack: Stack, ws: Workspace) -> Probe:
     timed = []
     for k, batches in zip(range(3), zip(*streams, strict=True), strict=False):
         begin = clock()
-        train_step(method, model, optimizer, batches, stage, ctxs, amp, views=views)
+        train_step(method, model, optimizer, batches, [stage] * len(stack), ctxs, amp, views=views)
         if k:  # the first step warms up
             timed.append(clock() - begin)
     step = sum(timed) / len(timed) if timed else 0.0

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from imerbench.data import MODALITIES, SUBSETS, SplitData
 from imerbench.method import Method, evaluation_batching
 from imerbench.metrics import compute_metrics
-from imerbench.stacking import concat_batches, split_output
+from imerbench.stacking import concat_batches, forward, split_output
 
 Scores = dict[str, dict[str, float]]  # output ("fused", "head-a", ...) -> metric -> value
 
@@ -29,10 +29,15 @@ def predict(model: nn.Module, method: Method, data: SplitData, stage: str) -> di
 
 @torch.no_grad()
 def predict_members(
-    model: nn.Module, method: Method, members: Sequence[SplitData], stage: str
+    model: nn.Module,
+    method: Method,
+    members: Sequence[SplitData],
+    stage: str,
+    which: Sequence[int] | None = None,
 ) -> list[dict[str, Tensor]]:
     """`predict` for each member of a stack (`imerbench/stacking.py`): one view per member of
     the same split, each under its own mask, evaluated in one pass of the stacked model.
+    `which`: the stack's members these views belong to (default: all of them, in order).
 
     Dialogues are batched shortest first (less padding), unless the method's predictions
     depend on which dialogues share a batch; then they go in split order, as published.
@@ -40,12 +45,14 @@ def predict_members(
     was_training = model.training
     model.eval()
     data = members[0]
+    which = list(range(len(members))) if which is None else list(which)
     size, in_split_order = evaluation_batching(method)
     order = np.arange(data.num_dialogues) if in_split_order else data.by_length()
     preds: list[dict[str, Tensor]] = [{} for _ in members]
     streams = [m.batches(size, order, fixed_length=method.fixed_length) for m in members]
     for start, batches in zip(range(0, len(order), size), zip(*streams, strict=True), strict=True):
-        outs = split_output(model(concat_batches(batches), stage), len(members))
+        out = forward(model, concat_batches(batches), stage, which)
+        outs = split_output(out, len(members))
         rows = data.positions(order[start : start + size])
         for into, out, batch in zip(preds, outs, batches, strict=True):
             outputs = {"fused": out.fused, **{f"head-{m}": h for m, h in out.heads.items()}}

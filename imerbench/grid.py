@@ -19,7 +19,7 @@ from imerbench.data import MaskSpec, parse_feature_names, parse_mask_spec, resol
 from imerbench.errors import ImerbenchError, did_you_mean
 from imerbench.frozen import FrozenDict
 from imerbench.metrics import metrics_for
-from imerbench.registry import get_entry, list_methods
+from imerbench.registry import get_entry, list_methods, method_info
 
 T = TypeVar("T")
 PROTOCOLS = ("default", "paper")
@@ -37,7 +37,9 @@ GRID_KEYS = {
     "features": 'feature folder per modality, "a=NAME,t=NAME,v=NAME" or a table (a = "NAME")',
     "widths": 'synthetic feature widths, "small" or "real"',
     "precision": '"fp32", or "bf16" (bfloat16 autocast in training and evaluation)',
+    "ceilings": "true: also train each multimodal method on a, t and v alone (its own ceilings)",
 }
+CEILING_MASKS = ("a", "t", "v")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,9 @@ class Grid:
     precision: str = "fp32"  # part of every cell's config: fp32 and bf16 rows never mix
     # Feature folders the user named, per modality (the others keep the papers' defaults).
     features: Mapping[str, str] | None = None
+    # Each multimodal method also trains on a, t and v alone (masks "a", "t", "v"), every
+    # seed and fold: the unimodal ceilings its under-optimization is measured against.
+    ceilings: bool = False
 
     def __post_init__(self) -> None:
         normalize = partial(object.__setattr__, self)  # the one place a Grid is written
@@ -208,13 +213,21 @@ class Grid:
                         f"dataset '{dataset}' has folds 0..{num_folds - 1}, not {fold}"
                     )
             for method in self.methods:
-                for mask in self.missing_rates:
+                for mask in self.masks_of(method):
                     for seed in self.seeds:
                         for fold in folds:
                             out.append(
                                 Cell(method, dataset, fold, mask, seed, self.protocol, self.epochs)
                             )
         return out
+
+    def masks_of(self, method: MethodRef) -> list[MaskSpec]:
+        """The grid's masks, and a multimodal method's ceilings where the grid asks."""
+        masks = list(self.missing_rates)
+        if self.ceilings and method_info(method.name).role == "method":
+            listed = {str(m) for m in masks}
+            masks += [parse_mask_spec(c) for c in CEILING_MASKS if c not in listed]
+        return masks
 
 
 def _where(key: str, source: str, options: Collection[str]) -> str:
@@ -347,6 +360,12 @@ def grid_from_dict(raw: dict[str, Any], source: str, options: Collection[str] = 
             kwargs["features"] = parse_feature_names(value)
         except ImerbenchError as err:
             raise ImerbenchError(f"{where('features')}: {err}") from None
+    if "ceilings" in raw:
+        if not isinstance(raw["ceilings"], bool):
+            raise ImerbenchError(
+                f"{where('ceilings')} must be true or false, not {_kind(raw['ceilings'])}"
+            )
+        kwargs["ceilings"] = raw["ceilings"]
     if "epochs" in raw:
         try:
             kwargs["epochs"] = _integer(raw["epochs"], 1, "a run needs at least 1 epoch")

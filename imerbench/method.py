@@ -119,6 +119,10 @@ TRAINING_PARAMS: dict[str, Param] = {
     "batch_size": Param(16, low=1, help="dialogues per batch"),
     "lr": Param(1e-3, low=0.0, help="Adam learning rate"),
     "weight_decay": Param(1e-5, low=0.0, help="Adam weight decay"),
+    "patience": Param(
+        5, low=0, help="epochs without a min_delta gain that end a stage (0: every epoch)"
+    ),
+    "min_delta": Param(0.002, low=0.0, help="the smallest validation gain that counts"),
 }
 
 
@@ -152,7 +156,8 @@ class Method:
     - `model`: the model class; `build` passes it the hyper-parameters its constructor names
       (override `build` for anything else);
     - `stages`: stage names in training order; with two stages, the `stage_epoch`
-      hyper-parameter is the first epoch of the second one;
+      hyper-parameter caps the first (`imerbench/stopping.py`: its length when stopping is
+      fixed);
     - `fixed_length`: True if batches must be padded to the dataset's `pad_length`;
     - `needs_complete`: True if training needs what the mask hides (reconstruction targets,
       a full-modality teacher, a complete-data stage): training batches then carry
@@ -186,7 +191,7 @@ class Method:
     def all_params(cls) -> dict[str, Param]:
         declared = dict(TRAINING_PARAMS)
         if len(cls.stages) > 1:
-            declared["stage_epoch"] = Param(10, low=0, help="first epoch of the last stage")
+            declared["stage_epoch"] = Param(10, low=0, help="the first stage's epoch cap")
         declared.update(cls.params)
         return declared
 
@@ -268,10 +273,16 @@ class Method:
         default): each dialogue's prediction is its own, and evaluation batches freely."""
         return None
 
-    def stage_of(self, epoch: int) -> str:
-        if len(self.stages) == 1:
-            return self.stages[0]
-        return self.stages[1] if epoch >= self.hp["stage_epoch"] else self.stages[0]
+    def stage_score(
+        self, stage: str, val_scores: dict[str, dict[str, float]], primary: str
+    ) -> float:
+        """The validation signal that ends `stage` on a plateau (`imerbench/stopping.py`):
+        the fused output's primary metric; in a first stage that trains unimodal heads
+        (the fused head is not trained yet), their mean."""
+        heads = [v[primary] for name, v in val_scores.items() if name.startswith("head-")]
+        if stage != self.stages[-1] and heads:
+            return sum(heads) / len(heads)
+        return val_scores["fused"][primary]
 
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(

@@ -16,7 +16,7 @@ from imerbench.data import MaskStore, SplitData, load_dataset, parse_mask_spec, 
 from imerbench.errors import ImerbenchError
 from imerbench.evaluation import Scores, evaluate, subset_scores
 from imerbench.registry import create_method, get_entry
-from imerbench.training import autocast, data_spec
+from imerbench.step import autocast, data_spec
 
 
 def rescore_cell(
@@ -51,7 +51,14 @@ def rescore_cell(
     test = test.with_mask(store.get(corpus, config["fold"], "test", spec, config["seed"]))
     model = method.build(data_spec(corpus)).to(device)
     model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-    stage = method.stage_of(config["selected_epochs"][selection])
+    stages = config.get("selected_stages")  # schema 1 cells: the stage switch was fixed
+    if stages is None:
+        epoch, hp = config["selected_epochs"][selection], method.hp
+        late = len(method.stages) > 1 and epoch >= hp["stage_epoch"]
+        stages = {
+            selection: method.stages[-1] if late or len(method.stages) == 1 else method.stages[0]
+        }
+    stage = stages[selection]
     with autocast(device, config.get("precision", "fp32")):  # as the rows were scored
         scores = {"mask": evaluate(model, method, test, stage, corpus.task)}
         return scores | subset_scores(model, method, test, stage, corpus.task)

@@ -37,7 +37,7 @@ try:
 except ImportError:  # Windows: there, takeovers and merges are not serialized
     fcntl = None  # type: ignore[assignment]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: epochs count from 1; stopping columns
 # Add columns at the end, never rename: older results stay readable.
 COLUMNS: tuple[str, ...] = (
     "schema", "method", "dataset", "fold", "missing_rate", "realized_missing_rate", "seed",
@@ -49,6 +49,10 @@ COLUMNS: tuple[str, ...] = (
     "role",  # method | reference | ceiling
     "ceiling_of",  # a ceiling's one modality
     "paper_name",  # the method's name in published tables
+    # Added in schema 2 (`imerbench/stopping.py`); from schema 2 on, `epoch` counts from 1:
+    "epochs_trained",  # epochs the cell trained (`epochs` is the cap)
+    "stop_reason",  # plateau | cap | fixed
+    "converged",  # False: stopped by its cap while still improving; empty: fixed
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"
@@ -130,8 +134,15 @@ class ResultStore:
 
 def read_rows(path: Path) -> pd.DataFrame:
     """A rows CSV, with columns added since it was written filled in."""
-    text = {"mask": str, "role": str, "ceiling_of": str, "paper_name": str}
+    text = {"mask": str, "role": str, "ceiling_of": str, "paper_name": str, "stop_reason": str}
+    text |= {"converged": str}
     df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype=text)
+    if "stop_reason" not in df.columns:  # schema 1: every epoch trained, epochs from 0
+        df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce") + 1
+        df["epochs_trained"] = df["epochs"].where(df["status"] == "ok")
+        df["stop_reason"] = df["status"].map(lambda s: "fixed" if s == "ok" else "")
+        df["converged"] = ""
+    df["converged"] = df["converged"].map({"True": True, "False": False}).astype(object)
     if "mask" not in df.columns:  # older rows: the mask was always a missing rate
         df["mask"] = df["missing_rate"].map(lambda r: repr(float(r)) if pd.notna(r) else "")
     # Rows written before `attempts` existed (or without it) came from one attempt.

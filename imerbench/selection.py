@@ -25,6 +25,7 @@ from imerbench.evaluation import (
     score,
 )
 from imerbench.method import Method
+from imerbench.stopping import Stopped
 
 # (epoch, stage, split, condition, output, metric, value); condition "mask" is the split's
 # stored mask, "a"/"t"/"v" the forced single-modality curves.
@@ -44,9 +45,10 @@ class Selected:
     """The outcome of one selection protocol."""
 
     selection: str
-    epoch: int
+    epoch: int  # counted from 1
     test: Scores
     state: dict[str, Tensor] = field(repr=False)
+    stage: str = ""  # the stage the epoch trained in
     # Forced subsets ("a", "at", ...) and patterns ("pattern-at", ...) of the test split.
     conditions: dict[str, Scores] = field(default_factory=dict)
 
@@ -59,9 +61,11 @@ class TrainOutcome:
     parameters: int
     train_seconds: float
     diagnostics: dict[str, float]
+    stopped: Stopped
 
 
-Best = dict[str, tuple[float, int, dict[str, Tensor], Scores]]  # selection -> its best epoch
+# selection -> its best epoch: (value, epoch, weights, test scores, stage)
+Best = dict[str, tuple[float, int, dict[str, Tensor], Scores, str]]
 
 
 def finish_stack(
@@ -84,37 +88,41 @@ def finish_stack(
     selected: list[dict[str, Selected]] = [{} for _ in members]
     last_stage = method.stages[-1]
     val_preds = None  # the val-selected models' test predictions, reused for the patterns
-    if any("val" in best[k] for k in members if ready[k]):
-        for k in members:
-            if ready[k]:
-                views[k].load_state_dict(best[k]["val"][2])
-        with amp():
-            val_preds = predict_members(model, method, tests, last_stage)  # the one test pass
-        for k in members:
-            if ready[k]:
-                _, epoch, state, _ = best[k]["val"]
-                scores = score(val_preds[k], tests[k], task)
-                selected[k]["val"] = Selected("val", epoch, scores, state)
+    group = [k for k in members if ready[k] and "val" in best[k]]
+    if group:
+        for k in group:
+            views[k].load_state_dict(best[k]["val"][2])
+        with amp():  # the one test pass
+            preds = predict_members(model, method, [tests[k] for k in group], last_stage, group)
+        val_preds = dict(zip(group, preds, strict=True))
+        for k in group:
+            _, epoch, state, _, stage = best[k]["val"]
+            scores = score(val_preds[k], tests[k], task)
+            selected[k]["val"] = Selected("val", epoch, scores, state, stage)
     for k in members:
         if ready[k] and "test-oracle" in best[k]:
-            _, epoch, state, scores = best[k]["test-oracle"]
-            selected[k]["test-oracle"] = Selected("test-oracle", epoch, scores, state)
+            _, epoch, state, scores, stage = best[k]["test-oracle"]
+            selected[k]["test-oracle"] = Selected("test-oracle", epoch, scores, state, stage)
     chosen = {k: s.get("val") or s["test-oracle"] for k, s in enumerate(selected) if s}
     if not subsets or not chosen:
         return selected
-    for stage in dict.fromkeys(method.stage_of(c.epoch) for c in chosen.values()):
-        group = [k for k, c in chosen.items() if method.stage_of(c.epoch) == stage]
+    for stage in dict.fromkeys(c.stage for c in chosen.values()):
+        group = [k for k, c in chosen.items() if c.stage == stage]
         for k in group:
             views[k].load_state_dict(chosen[k].state)
+        mine = [tests[k] for k in group]
         with amp():
-            preds = val_preds or predict_members(model, method, tests, stage)
-            for k in group:
-                chosen[k].conditions = pattern_scores(preds[k], tests[k], task)
+            if val_preds is not None:
+                preds = [val_preds[k] for k in group]
+            else:
+                preds = predict_members(model, method, mine, stage, group)
+            for k, p in zip(group, preds, strict=True):
+                chosen[k].conditions = pattern_scores(p, tests[k], task)
             for condition in SUBSETS:
-                forced = [t.with_mask(condition_mask(condition, t.num_utterances)) for t in tests]
-                preds = predict_members(model, method, forced, stage)
-                for k in group:
-                    chosen[k].conditions[condition] = score(preds[k], forced[k], task)
+                forced = [t.with_mask(condition_mask(condition, t.num_utterances)) for t in mine]
+                preds = predict_members(model, method, forced, stage, group)
+                for k, p, f in zip(group, preds, forced, strict=True):
+                    chosen[k].conditions[condition] = score(p, f, task)
     return selected
 
 
@@ -133,7 +141,7 @@ def diagnose(
     if type(method).diagnostics is Method.diagnostics:
         return {}
     if view is not model:
-        stage = method.stage_of(chosen.epoch) if chosen else method.stages[-1]
+        stage = chosen.stage if chosen else method.stages[-1]
         data = test
         if subsets and chosen:
             data = test.with_mask(condition_mask(SUBSETS[-1], test.num_utterances))

@@ -36,6 +36,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from imerbench.data import Batch
 from imerbench.method import Method, ModelOutput
@@ -87,13 +88,17 @@ class Noise:
             generator = torch.Generator(device=device)
             generator.manual_seed(seed)
             self.generators.append(generator)
+        self.active = list(range(len(seeds)))  # the members of the pass (see `forward`)
 
     def uniform(self, like: Tensor) -> Tensor:
         """Uniform [0, 1) float32 draws shaped like `like` (float32 whatever its dtype: bf16
-        draws are too coarse for a keep probability), member k's block from generator k."""
-        k = len(self.generators)
+        draws are too coarse for a keep probability), the i-th block from the generator of
+        the pass's i-th member."""
+        k = len(self.active)
         shape = (like.shape[0] // k, *like.shape[1:])
-        draws = [torch.rand(shape, generator=g, device=like.device) for g in self.generators]
+        draws = [
+            torch.rand(shape, generator=self.generators[i], device=like.device) for i in self.active
+        ]
         return draws[0] if k == 1 else torch.cat(draws)
 
 
@@ -137,6 +142,7 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
     """One module computing K models of one architecture: each `nn.Linear` becomes a
     `StackedLinear` holding the K members' weights (copied, so equal to theirs)."""
     stacked = copy.deepcopy(models[0])
+    stacked._imerbench_stack = len(models)  # type: ignore[assignment]
     for module in stacked.modules():  # layers that group a batch's dialogues (see `members`)
         if hasattr(module, "stack_members"):
             module.stack_members = len(models)
@@ -151,6 +157,38 @@ def stack_models(models: Sequence[nn.Module]) -> nn.Module:
         ):
             raise NotStackable(f"{type(module).__name__} '{name}' holds weights of its own")
     return stacked
+
+
+def stack_size(model: nn.Module) -> int:
+    """How many members the model computes (1: a model that is not a stack)."""
+    return int(getattr(model, "_imerbench_stack", 1))
+
+
+def forward(model: nn.Module, batch: Batch, stage: str, members: Sequence[int]) -> ModelOutput:
+    """The model's pass over some of its members only (`batch`: theirs, member-major, in
+    that order): members that stopped, or train in another stage, cost nothing. Their
+    weights are selected (`torch.func.functional_call`), so gradients reach only their
+    slices; dropout draws from their generators alone."""
+    size = stack_size(model)
+    if len(members) == size:
+        return model(batch, stage)
+    grouped = [m for m in model.modules() if hasattr(m, "stack_members")]
+    noises = {id(m.noise): m.noise for m in model.modules() if isinstance(m, CellDropout)}
+    index = torch.tensor(list(members), device=batch.valid.device)
+    weights = {name: p.index_select(0, index) for name, p in model.named_parameters()}
+    try:
+        for module in grouped:
+            module.stack_members = len(members)
+        for noise in noises.values():
+            if noise is not None:
+                noise.active = list(members)
+        return functional_call(model, weights, (batch, stage))
+    finally:
+        for module in grouped:
+            module.stack_members = size
+        for noise in noises.values():
+            if noise is not None:
+                noise.active = list(range(size))
 
 
 def share_weights(models: Sequence[nn.Module], stacked: nn.Module) -> None:

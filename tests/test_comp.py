@@ -33,7 +33,7 @@ from imerbench.method import (
     evaluation_batching,
 )
 from imerbench.registry import create_method
-from imerbench.training import data_spec
+from imerbench.step import data_spec
 
 FIXTURE = Path(__file__).parent / "data" / "comp_released.pt"
 CTX = RunContext.for_metric("f1")  # the modulator reads no context

@@ -16,17 +16,10 @@ from tiny_corpus import splits_for, tiny_corpus
 from imerbench.data import SUBSETS, SplitData, draw_rate_mask, parse_mask_spec
 from imerbench.method import Method, RunContext
 from imerbench.registry import create_method, list_methods
-from imerbench.training import data_spec, train_cell
+from imerbench.step import data_spec
+from imerbench.training import train_cell
 
 METHODS = list_methods()
-
-
-def stages(method: Method) -> list[tuple[int, str]]:
-    """(first epoch, stage name) of each stage."""
-    seen: dict[str, int] = {}
-    for epoch in range(method.hp["epochs"]):
-        seen.setdefault(method.stage_of(epoch), epoch)
-    return [(e, s) for s, e in seen.items()]
 
 
 def build(name: str, task: str = "classification", **overrides: object):
@@ -50,7 +43,7 @@ def test_every_missing_pattern_runs(name: str, task: str) -> None:
     corpus, method, model, data = build(name, task)
     model.eval()
     ctx = RunContext.for_metric("wa")
-    for _, stage in stages(method):
+    for stage in method.stages:
         method.on_stage_start(model, stage, ctx)
         for condition in SUBSETS:
             keep = np.array([m in condition for m in "atv"])
@@ -71,7 +64,7 @@ def test_loss_is_finite_and_every_parameter_learns(name: str) -> None:
     batch = first_batch(method, data, complete=method.needs_complete)  # as training sees it
     model.train()
     ctx = RunContext.for_metric("wa")
-    for _, stage in stages(method):
+    for stage in method.stages:
         method.on_stage_start(model, stage, ctx)
         model.zero_grad(set_to_none=True)
         out = model(batch, stage)
@@ -109,7 +102,7 @@ def test_values_at_missing_positions_cannot_leak(name: str) -> None:
     assert any(not torch.equal(noisy[m], clean.features[m]) for m in "atv")
     dirty = clean.replace(features=noisy)
     ctx = RunContext.for_metric("wa")
-    for _, stage in stages(method):
+    for stage in method.stages:
         method.on_stage_start(model, stage, ctx)
         with torch.no_grad():
             a, b = model(clean, stage), model(dirty, stage)

@@ -10,7 +10,7 @@ from tiny_corpus import tiny_corpus
 from imerbench.data import SUBSETS, SplitData, draw_rate_mask
 from imerbench.evaluation import evaluate, patterns, subset_scores
 from imerbench.registry import create_method
-from imerbench.training import data_spec
+from imerbench.step import data_spec
 
 
 def trained_free_model(name: str):

@@ -472,7 +472,7 @@ def test_out_of_memory_and_infinite_loss_fail_their_cell_and_the_table_shows_it(
     assert (
         error["test-cuda-oom"] == "out of memory: CUDA out of memory. Tried to allocate 80.00 GiB"
     )
-    assert error["test-inf-loss"].startswith("CellFailure: training loss became inf in epoch 1")
+    assert error["test-inf-loss"].startswith("CellFailure: training loss became inf in epoch 2")
     for name in failing_methods:  # the failed cell keeps its config and provenance
         (folder,) = tmp_path.glob(f"cells/synthetic/{name}/*")
         meta = json.loads((folder / "cell.json").read_text())

@@ -17,7 +17,7 @@ from tiny_corpus import tiny_corpus
 
 from imerbench.data import Batch, SplitData
 from imerbench.registry import create_method
-from imerbench.training import data_spec
+from imerbench.step import data_spec
 
 
 def test_window_adjacency_is_the_hand_written_matrix() -> None:

@@ -12,7 +12,8 @@ from tiny_corpus import splits_for, tiny_corpus
 
 from imerbench.data import MODALITIES, Batch, SplitData, parse_mask_spec
 from imerbench.registry import create_method
-from imerbench.training import data_spec, train_cell
+from imerbench.step import data_spec
+from imerbench.training import train_cell
 
 
 def _run(monkeypatch: pytest.MonkeyPatch, epochs: int = 4, rate: str = "0.5"):

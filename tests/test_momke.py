@@ -11,7 +11,7 @@ from tiny_corpus import tiny_corpus
 from imerbench.data import MODALITIES, SplitData
 from imerbench.losses import task_loss
 from imerbench.registry import create_method
-from imerbench.training import data_spec
+from imerbench.step import data_spec
 
 
 def _setup(rate: float = 0.5, seed: int = 0):

@@ -16,7 +16,8 @@ from imerbench.evaluation import predict
 from imerbench.grid import grid_from_dict
 from imerbench.registry import create_method, list_methods
 from imerbench.runner import RunOptions, run_grid
-from imerbench.training import autocast, data_spec, train_cell
+from imerbench.step import autocast, data_spec
+from imerbench.training import train_cell
 
 TOLERANCE = 0.03  # |wa(bf16) - wa(fp32)| on the same cell
 

@@ -60,7 +60,10 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="override every method's epoch caps")] = None,
     ceilings: Annotated[
         bool | None,
-        typer.Option(help="also train each multimodal method on a, t, v alone (the grid's say)"),
+        typer.Option(
+            help="also train each multimodal method on a, t, v alone (default: the grid's "
+            "setting; off when --missing-rates is given)"
+        ),
     ] = None,
     protocol: Annotated[str | None, typer.Option(help="default or paper")] = None,
     widths: Annotated[str | None, typer.Option(help="synthetic widths: small or real")] = None,
@@ -102,6 +105,8 @@ def run(
         raise ImerbenchError(f"--jobs {jobs}: use 0 (automatic) or a positive count")
     if stack < 0:
         raise ImerbenchError(f"--stack {stack}: use 0 (automatic), 1 (off) or a positive count")
+    if missing_rates is not None and ceilings is None:
+        ceilings = False  # masks named on the command line are the masks run
     grid = load_grid(
         grid_file or default_grid_path(),
         methods=methods,
@@ -216,7 +221,8 @@ def table(
     fmt: Annotated[str, typer.Option("--format", help="md, latex or csv")] = "md",
     selection: Annotated[str, typer.Option(help="val or test-oracle")] = "val",
     paper: Annotated[
-        bool, typer.Option(help="add the numbers published in the ComP paper")
+        bool,
+        typer.Option(help="beside the ComP paper's numbers: our test-oracle rows, then val"),
     ] = False,
     protocols: Annotated[
         bool, typer.Option(help="val vs test-oracle scores: what test-set selection inflates")
@@ -228,6 +234,7 @@ def table(
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
     from imerbench.convergence import convergence_table
     from imerbench.leaderboard import leaderboards, protocol_table, render
+    from imerbench.paper_table import paper_tables
     from imerbench.results import read_results, separate_configurations
 
     if fmt not in ("md", "latex", "csv"):
@@ -241,7 +248,10 @@ def table(
     if convergence:
         typer.echo(convergence_table(df, fmt))
         return
-    boards = leaderboards(df, selection, paper=paper)
+    if paper:  # both selections: test-oracle beside the published numbers, then val
+        typer.echo(paper_tables(df, fmt))
+        return
+    boards = leaderboards(df, selection)
     if not boards:
         raise ImerbenchError(f"{results} holds no finished rows with {selection} selection")
     typer.echo(render(boards, fmt))

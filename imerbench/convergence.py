@@ -24,7 +24,7 @@ def cell_stops(df: pd.DataFrame) -> pd.DataFrame:
 def not_converged(df: pd.DataFrame) -> set[tuple[str, str, str]]:
     """(method, dataset, mask) with at least one cell stopped by its cap while improving."""
     cells = cell_stops(df)
-    flagged = cells[cells["converged"].map(lambda c: c is False)]
+    flagged = cells[cells["converged"].astype(str) == "False"]
     return {(r.method, r.dataset, str(r.mask)) for r in flagged.itertuples()}
 
 
@@ -43,7 +43,7 @@ def convergence_summary(df: pd.DataFrame) -> pd.DataFrame:
                 PLATEAU: int(reasons.get(PLATEAU, 0)),
                 CAP: int(reasons.get(CAP, 0)),
                 FIXED: int(reasons.get(FIXED, 0)),
-                "not_converged": int(group["converged"].map(lambda c: c is False).sum()),
+                "not_converged": int((group["converged"].astype(str) == "False").sum()),
                 "plateau_share": reasons.get(PLATEAU, 0) / len(group),
                 "epochs_mean": float(trained.mean()),
                 "epochs_min": int(trained.min()),

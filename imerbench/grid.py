@@ -48,12 +48,14 @@ class MethodRef:
 
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
+    typed: str = ""  # the overrides as the user wrote them (spaces dropped), or ""
 
     @property
     def label(self) -> str:
+        """How rows and tables name it: as typed (`lr=1e-3` stays `lr=1e-3`)."""
         if not self.overrides:
             return self.name
-        inner = ",".join(f"{k}={_literal(v)}" for k, v in self.overrides)
+        inner = self.typed or ",".join(f"{k}={_literal(v)}" for k, v in self.overrides)
         return f"{self.name}[{inner}]"
 
 
@@ -75,7 +77,7 @@ def parse_method_ref(text: str) -> MethodRef:
         return MethodRef(name)
     if not rest.endswith("]"):
         raise ImerbenchError(f"method '{text}': overrides must close with ']'")
-    pairs = []
+    pairs, typed = [], []
     for item in _split_top_level(rest[:-1]):
         key, eq, value = item.partition("=")
         if not eq:
@@ -85,7 +87,8 @@ def parse_method_ref(text: str) -> MethodRef:
         except tomllib.TOMLDecodeError:
             parsed = value.strip()  # a bare word is a string
         pairs.append((key.strip(), parsed))
-    return MethodRef(name, tuple(sorted(pairs)))
+        typed.append(f"{key.strip()}={value.strip()}")
+    return MethodRef(name, tuple(sorted(pairs)), ",".join(typed))
 
 
 def _split_top_level(text: str) -> list[str]:
@@ -224,7 +227,7 @@ class Grid:
     def masks_of(self, method: MethodRef) -> list[MaskSpec]:
         """The grid's masks, and a multimodal method's ceilings where the grid asks."""
         masks = list(self.missing_rates)
-        if self.ceilings and method_info(method.name).role == "method":
+        if self.ceilings and method_info(method.name).role != "ceiling":  # multimodal
             listed = {str(m) for m in masks}
             masks += [parse_mask_spec(c) for c in CEILING_MASKS if c not in listed]
         return masks

@@ -1,13 +1,15 @@
 """Leaderboards computed from the tidy rows: one table per dataset, methods x missing rate.
 
 A score is first averaged over folds (IEMOCAP's 5 sessions) within a seed, then summarized
-as mean +/- std over seeds. The best mean of each column is marked using the metric's
-`higher_is_better`; a dagger marks methods significantly worse than the best (paired t-test
-over the same folds and seeds, Holm-corrected within the column, alpha 0.05). On the
-synthetic corpora the Bayes-optimal limit is printed beside; with `paper=True`, the numbers
-published in the ComP paper too. A double dagger marks a score some of whose runs failed (a
-note under the table says how many and why); where none succeeded the cell reads `failed`,
-so a failing method never silently drops out of the table.
+as mean +/- std over seeds (the caption states n). The best mean of each column is marked
+using the metric's `higher_is_better`; a dagger marks methods significantly worse than the
+best (paired t-test over the same folds and seeds, Holm-corrected within the column, alpha
+0.05). On the synthetic corpora the Bayes-optimal limit is printed beside. A double dagger
+marks a score some of whose runs failed (a note under the table says how many and why);
+where none succeeded the cell reads `failed`, so a failing method never silently drops out
+of the table. A section sign marks a score some of whose runs stopped at their epoch cap
+while still improving (`imerbench/convergence.py`). The published numbers go beside ours in
+`imerbench/paper_table.py`.
 """
 
 from __future__ import annotations
@@ -15,20 +17,17 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from importlib import resources
 
 import pandas as pd
 
 from imerbench.analysis import is_rate, primary_rows
+from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
-from imerbench.registry import list_methods, method_info
 from imerbench.stats import holm, paired_t, summary
 
 ALPHA = 0.05
 FAILED_MARK = "‡"  # some runs behind this score failed
-# The ComP paper's names, and which of our rows they correspond to.
-PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
 
 
 @dataclass
@@ -44,9 +43,9 @@ class Leaderboard:
     worse: set[tuple[str, float]]  # significantly worse than the column's best
     failed: dict[str, int] = field(default_factory=dict)
     bayes: dict[float, float] = field(default_factory=dict)
-    paper: dict[str, dict[float, float]] = field(default_factory=dict)  # label -> mr -> value
     # (method, mask) -> (failed runs, runs, first error); a run is one cell (fold, seed)
     runs: dict[tuple[str, str], tuple[int, int, str]] = field(default_factory=dict)
+    unconverged: set[tuple[str, float]] = field(default_factory=set)  # (method, mr)
 
     @property
     def failures(self) -> dict[tuple[str, str], tuple[int, int, str]]:
@@ -99,7 +98,16 @@ class Leaderboard:
         text = f"{s.mean * self.scale():.2f}"
         if s.n > 1:
             text += f" ± {s.std * self.scale():.2f}"
+        if (method, mr) in self.unconverged:
+            text += f" {NOT_CONVERGED_MARK}"
         return text + (f" {FAILED_MARK}" if failed else "")
+
+    def seeds(self) -> str:
+        """n, the seeds behind each score: one number, or its range where it varies."""
+        counts = sorted({len(v) for v in self.cells.values() if v})
+        if not counts:
+            return "n = 0"
+        return f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}-{counts[-1]}"
 
     def rows(self) -> list[tuple[str, list[str], list[bool], list[bool]]]:
         """(label, texts, is_best, is_worse) per method, then the reference rows."""
@@ -114,9 +122,6 @@ class Leaderboard:
                     [(method, mr) in self.worse for mr in self.rates],
                 )
             )
-        for label, values in self.paper.items():
-            texts = [f"{values[mr] * 100:.2f}" if mr in values else "-" for mr in self.rates]
-            out.append((label, texts, [False] * len(texts), [False] * len(texts)))
         if self.bayes:
             texts = [
                 f"{self.bayes[mr] * 100:.2f}" if mr in self.bayes else "-" for mr in self.rates
@@ -126,12 +131,15 @@ class Leaderboard:
 
     def caption(self) -> str:
         unit = "" if self.metric == "mae" else "%, "
-        return (
-            f"{self.dataset}: {self.metric} ({unit}`{self.selection}` selection, mean ± std "
-            f"over seeds; † significantly worse than the best, paired t-test, Holm, "
-            f"α = {ALPHA}"
-            + (f"; {FAILED_MARK} some runs failed, see below)" if self.failures else ")")
+        n = self.seeds()
+        text = (
+            f"{self.dataset}: {self.metric} ({unit}`{self.selection}` selection; mean ± std "
+            f"over {n} seeds; † significantly worse than the column's best: paired t-test over "
+            f"the {n} seeds, Holm-corrected within each column, α = {ALPHA}"
         )
+        if self.unconverged:
+            text += f"; {NOT_CONVERGED_MARK} some runs stopped at their epoch cap, not converged"
+        return text + (f"; {FAILED_MARK} some runs failed, see below)" if self.failures else ")")
 
     def to_markdown(self) -> str:
         lines = [f"### {self.caption()}", ""]
@@ -142,9 +150,7 @@ class Leaderboard:
                 (f"**{t}**" if b else t) + (" †" if w else "")
                 for t, b, w in zip(texts, best, worse, strict=True)
             ]
-            name = (
-                f"*{label}*" if label == "Bayes limit" or label.endswith("(published)") else label
-            )
+            name = f"*{label}*" if label == "Bayes limit" else label
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if self.failures:
             lines += ["", *(f"- {note}" for note in self.notes())]
@@ -153,7 +159,8 @@ class Leaderboard:
     def to_latex(self) -> str:
         def tex(text: str) -> str:
             text = text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
-            return text.replace(FAILED_MARK, r"$^\ddagger$")
+            text = text.replace(FAILED_MARK, r"$^\ddagger$")
+            return text.replace(NOT_CONVERGED_MARK, r"\S{}")
 
         cols = "l" + "r" * len(self.rates)
         lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule"]
@@ -198,18 +205,7 @@ class Leaderboard:
                         "source": "imerbench",
                         "runs": runs,
                         "failed_runs": failed,
-                    }
-                )
-        for label, values in self.paper.items():
-            for mr, value in values.items():
-                rows.append(
-                    {
-                        "dataset": self.dataset,
-                        "method": label,
-                        "missing_rate": mr,
-                        "metric": self.metric,
-                        "mean": value,
-                        "source": "paper",
+                        "converged": (method, mr) not in self.unconverged,
                     }
                 )
         for mr, value in self.bayes.items():
@@ -239,32 +235,7 @@ def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, f
     return out
 
 
-def paper_numbers(dataset: str, metric: str) -> dict[str, dict[float, float]]:
-    """Published numbers for this dataset and metric, as fractions, labelled by source."""
-    path = resources.files("imerbench").joinpath("reference/comp_paper_tables.csv")
-    with path.open(encoding="utf-8") as fh:
-        table = pd.read_csv(fh)
-    table["dataset"] = table["dataset"].map(lambda d: resolve_dataset(d).id)
-    table["metric"] = table["metric"].map(PAPER_METRICS)
-    rows = table[(table["dataset"] == dataset) & (table["metric"] == metric)]
-    ours_of = {}  # published name -> our method id, from the registered `paper_name`s
-    for name in list_methods():
-        paper_name = method_info(name).paper_name
-        if paper_name:
-            ours_of[paper_name] = name
-    out: dict[str, dict[float, float]] = {}
-    for r in rows.itertuples():
-        ours = ours_of.get(r.method)
-        label = f"{r.method} (published" + (f", = {ours}" if ours else "") + ")"
-        if r.source != "rerun-by-paper-authors":
-            label = label[:-1] + f"; {r.source})"
-        out.setdefault(label, {})[float(r.missing_rate)] = r.value_percent / 100
-    return out
-
-
-def leaderboards(
-    df: pd.DataFrame, selection: str = "val", paper: bool = False
-) -> list[Leaderboard]:
+def leaderboards(df: pd.DataFrame, selection: str = "val") -> list[Leaderboard]:
     """One leaderboard per dataset in the rows, on its primary metric and fused output."""
     boards = []
     for dataset in sorted(df["dataset"].dropna().unique()):
@@ -272,7 +243,7 @@ def leaderboards(
         rows = df[df["dataset"] == dataset]
         failed = rows[rows["status"] == "failed"].groupby("method")["seed"].count().to_dict()
         ok = primary_rows(rows, selection)
-        ok = ok[(ok["condition"] == "mask") & ok["mask"].map(is_rate)]
+        ok = ok[(ok["condition"] == "mask") & ok["mask"].map(is_rate).astype(bool)]
         methods = sorted(set(rows["method"].dropna()))
         if ok.empty and not failed:
             continue
@@ -293,10 +264,12 @@ def leaderboards(
             failed={k: int(v) for k, v in failed.items()},
             bayes=bayes_limits(dataset, info.primary_metric, rates),
             runs=runs,
+            unconverged={
+                (m, float(mask))
+                for m, d, mask in not_converged(rows)
+                if d == dataset and is_rate(mask)
+            },
         )
-        if paper:
-            board.paper = paper_numbers(dataset, info.primary_metric)
-            board.rates = sorted(set(rates) | {r for v in board.paper.values() for r in v})
         boards.append(board)
     return boards
 

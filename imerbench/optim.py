@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 class StackAdam:
@@ -54,12 +54,10 @@ class StackAdam:
         self.grad = torch.zeros(total, device=device, dtype=dtype)
         self.exp_avg = torch.zeros_like(self.data)
         self.exp_avg_sq = torch.zeros_like(self.data)
-        lr = torch.empty(total, device=device, dtype=dtype)
-        decay = torch.empty(total, device=device, dtype=dtype)
-        # Per element: its (tensor, member) segment; a tensor's block is [members, n].
-        segment = torch.empty(total, device=device, dtype=torch.long)
+        # Segments: one per (tensor, member), contiguous runs of the buffer in order (a
+        # tensor's block is [members, n]); Adam's per-tensor state is per segment here.
+        lengths, lrs, decays = [], [], []
         start = 0
-        index = 0
         for group, group_lr, group_decay in groups:
             for p in group:
                 n = p.numel()
@@ -67,18 +65,19 @@ class StackAdam:
                 self.data[block].copy_(p.detach().reshape(-1))
                 p.data = self.data[block].view(p.shape)
                 p.grad = self.grad[block].view(p.shape)
-                lr[block], decay[block] = group_lr, group_decay
-                rows = torch.arange(members, device=device).repeat_interleave(n // members)
-                segment[block] = index * members + rows
+                lengths += [n // members] * members
+                lrs += [group_lr] * members
+                decays += [group_decay] * members
                 start += n
-                index += 1
-        self.lr, self.decay = lr, decay
-        self.has_decay = bool((decay != 0).any())
-        self.segment = segment
-        self.segments = index * members
+        self.lengths = torch.tensor(lengths, device=device)
+        self.ends = self.lengths.cumsum(0) - 1  # each segment's last element
+        self.lr = torch.tensor(lrs, device=device, dtype=dtype)
+        self.has_decay = any(decays)
+        self.decay = self.expand(torch.tensor(decays, device=device, dtype=dtype))
+        self.segments = len(lengths)
         self.steps = torch.zeros(self.segments, device=device, dtype=dtype)
         self._training = (True,) * members
-        self.training = torch.ones(members, device=device, dtype=torch.bool)
+        self.training = torch.ones(self.segments, device=device, dtype=torch.bool)  # per segment
 
     @classmethod
     def from_adam(cls, optimizer: torch.optim.Optimizer, members: int) -> StackAdam:
@@ -108,12 +107,17 @@ class StackAdam:
         """Which members the next steps update (the others keep weights and moments)."""
         if tuple(training) != self._training:
             self._training = tuple(training)
-            self.training = torch.tensor(self._training, device=self.data.device)
+            members = torch.tensor(self._training, device=self.data.device)
+            self.training = members.repeat(self.segments // self.members)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the gradients in place: the parameters' `.grad` stay views of the buffer."""
         del set_to_none  # never None: autograd accumulates into the views
         self.grad.zero_()
+
+    def expand(self, per_segment: Tensor) -> Tensor:
+        """A value per segment as a value per element of the buffer."""
+        return per_segment.repeat_interleave(self.lengths, output_size=self.data.numel())
 
     @torch.no_grad()
     def step(self) -> None:
@@ -121,20 +125,17 @@ class StackAdam:
         grad = self.grad
         # A (member, tensor) segment is updated when its member trains and its gradient is
         # not all zeros (a lone Adam skips a tensor without a gradient).
-        touched = torch.zeros(self.segments, device=grad.device, dtype=grad.dtype)
-        touched.index_add_(0, self.segment, (grad != 0).to(grad.dtype))
-        on_segment = (touched > 0) & self.training.repeat(self.segments // self.members)
+        nonzero = torch.cumsum(grad != 0, 0, dtype=torch.int32)[self.ends]
+        touched = torch.diff(nonzero, prepend=nonzero.new_zeros(1)) > 0
+        on_segment = touched & self.training
         self.steps += on_segment.to(self.steps.dtype)
-        on = on_segment[self.segment]
+        steps = self.steps.clamp(min=1)  # a segment never updated: any value, unused
+        step_size = torch.where(on_segment, self.lr / (1 - beta1**steps), 0.0)
+        on = self.expand(on_segment)
         if self.has_decay:
             grad = grad.add(self.data * self.decay)
-        exp_avg = self.exp_avg.lerp(grad, 1 - beta1)
-        exp_avg_sq = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
-        self.exp_avg = torch.where(on, exp_avg, self.exp_avg)
-        self.exp_avg_sq = torch.where(on, exp_avg_sq, self.exp_avg_sq)
-        steps = self.steps[self.segment].clamp(min=1)  # segments never touched: any value
-        bias1 = 1 - beta1**steps
-        bias2_sqrt = (1 - beta2**steps).sqrt()
-        denom = (self.exp_avg_sq.sqrt() / bias2_sqrt).add_(self.eps)
-        update = self.exp_avg / denom * (self.lr / bias1)
-        self.data.sub_(torch.where(on, update, torch.zeros_like(update)))
+        self.exp_avg = torch.where(on, self.exp_avg.lerp(grad, 1 - beta1), self.exp_avg)
+        second = self.exp_avg_sq.mul(beta2).addcmul_(grad, grad, value=1 - beta2)
+        self.exp_avg_sq = torch.where(on, second, self.exp_avg_sq)
+        denom = (self.exp_avg_sq.sqrt() / self.expand((1 - beta2**steps).sqrt())).add_(self.eps)
+        self.data.sub_(self.exp_avg / denom * self.expand(step_size))

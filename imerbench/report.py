@@ -13,7 +13,9 @@ import pandas as pd
 
 from imerbench import __version__
 from imerbench.analysis import is_rate, modality_gap, under_optimization, without_ceilings
-from imerbench.leaderboard import leaderboards, protocol_table
+from imerbench.convergence import convergence_table
+from imerbench.leaderboard import protocol_table
+from imerbench.paper_table import paper_tables
 from imerbench.plots import plot_all
 
 
@@ -123,9 +125,11 @@ def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
         "img{max-width:100%;margin:1em 0}</style></head><body>",
         f"<h1>imerbench report: {html.escape(str(results_dir))}</h1>",
         "<h2>Leaderboards</h2>",
-        _table_html("\n\n".join(b.to_markdown() for b in leaderboards(df, paper=True))),
+        _table_html(paper_tables(df)),
         "<h2>Modality imbalance</h2>",
         _table_html(analysis_markdown(df)),
+        "<h2>Convergence</h2>",
+        _table_html(convergence_table(df)),
         "<h2>Test-set selection inflation</h2>",
         _table_html(protocol_table(df)),
         "<h2>Figures</h2>",

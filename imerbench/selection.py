@@ -3,9 +3,10 @@
 From one run:
 - `val`: the epoch with the best primary metric on validation, among the epochs of the
   method's last stage; its weights are restored and the test split is scored once.
-- `test-oracle`: the epoch with the best primary metric on test, over all epochs (what the
-  published code reports). It needs a test evaluation every epoch (`imerbench/training.py`);
-  those scores never influence `val`.
+- `test-oracle`: the epoch with the best primary metric on test, over the epochs of the last
+  stage (what the published code reports: its fused head trains there). It needs a test
+  evaluation every epoch of that stage (`imerbench/training.py`); those scores never
+  influence `val`, nor when a stage ends.
 """
 
 from __future__ import annotations

@@ -202,7 +202,9 @@ def share_weights(models: Sequence[nn.Module], stacked: nn.Module) -> None:
 
 
 def point_gradients(models: Sequence[nn.Module], stacked: nn.Module) -> None:
-    """Each member's parameters' `.grad`: a view of its slice of the stack's gradients."""
+    """Each member's parameters' `.grad`: a view of its slice of the stack's gradients. Done
+    once: the stack's gradients live in its optimizer's buffer (`imerbench/optim.py`) and are
+    zeroed in place, so a hook changes a member's gradients in place, never rebinds them."""
     weights = dict(stacked.named_parameters())
     for k, model in enumerate(models):
         for name, param in model.named_parameters():

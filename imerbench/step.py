@@ -106,8 +106,6 @@ def train_step(
             ]
         total = group_losses[0] if len(group_losses) == 1 else torch.stack(group_losses).sum()
         total.backward()
-        if hooked and views[0] is not model:  # a stack: members' models see their gradients
-            point_gradients(views, model)
         for k, o, b in zip(group, outs, mine, strict=True):
             if hooked:
                 method.after_backward(views[k], float32_outputs(o), b, stage, ctxs[k])
@@ -153,6 +151,7 @@ def build_stack(
     model = stack_models(models)
     optimizer = StackAdam.from_adam(method.configure_optimizer(model), len(models))
     share_weights(models, model)  # the members' models: views of the stack, for hooks
+    point_gradients(models, model)  # and their gradients: the optimizer's buffer never moves
     seeds = [derive_seed("dropout", method.name, *stream(corpus, fold, m)) for m in members]
     noise = Noise(seeds, device)
     use_cell_dropout(model, noise)

@@ -6,7 +6,7 @@ heads) has not improved by at least `min_delta` for `patience` epochs, or when i
 trained its cap: `stage_epoch` epochs for a first stage, `epochs - stage_epoch` for the
 last. `patience` 0, or no validation split (`--protocol paper`), trains every stage to its
 cap ("fixed"). A stage stopped by its cap while its signal still improved within the last
-`patience` epochs did not converge; the cell says so (`Stopped.converged`).
+`patience` epochs did not converge; nor did a cell any of whose stages did (`Stopped`).
 
 Each member of a stack has its own `Clock`: members stop, and switch stage, on their own.
 """
@@ -20,8 +20,8 @@ PLATEAU, CAP, FIXED = "plateau", "cap", "fixed"
 
 @dataclass(frozen=True)
 class Stopped:
-    """How a cell's training ended: epochs trained, the last stage's reason, and whether
-    every stage converged (None where stopping was fixed, so nothing was judged)."""
+    """How a cell's training ended: epochs trained, why, and whether it converged (None
+    where stopping was fixed, so nothing was judged)."""
 
     epochs_trained: int
     reason: str
@@ -42,8 +42,7 @@ class Clock:
     trained: int = 0
     best: float | None = None
     since: int = 0  # epochs since the signal last improved
-    reasons: list[str] = field(default_factory=list)
-    converged: list[bool | None] = field(default_factory=list)
+    reasons: list[str] = field(default_factory=list)  # why each stage ended
 
     def __post_init__(self) -> None:
         if len(self.caps) != len(self.stages):
@@ -99,16 +98,14 @@ class Clock:
         else:
             self.since += 1
         if self.patience and self.since >= self.patience:
-            return self._end(PLATEAU, True)
+            return self._end(PLATEAU)
         if self.in_stage >= self.caps[self.index]:
-            if not self.patience:
-                return self._end(FIXED, None)
-            return self._end(CAP, False)  # improved within the last `patience` epochs
+            # A cap reached with patience: the signal improved within the last `patience`.
+            return self._end(CAP if self.patience else FIXED)
         return None
 
-    def _end(self, reason: str, converged: bool | None) -> str:
+    def _end(self, reason: str) -> str:
         self.reasons.append(reason)
-        self.converged.append(converged)
         self.index += 1
         self.in_stage, self.best, self.since = 0, None, 0
         self._skip_empty()
@@ -119,7 +116,10 @@ class Clock:
             self.index += 1
 
     def stopped(self) -> Stopped:
-        """The record of a finished clock."""
-        judged = [c for c in self.converged if c is not None]
-        converged = None if not judged else all(judged)
-        return Stopped(self.trained, self.reasons[-1] if self.reasons else FIXED, converged)
+        """The record of a finished clock: `cap` if any stage ran out of epochs while still
+        improving (the cell did not converge), else `plateau`, or `fixed` without judging."""
+        if CAP in self.reasons:
+            return Stopped(self.trained, CAP, False)
+        if PLATEAU in self.reasons:
+            return Stopped(self.trained, PLATEAU, True)
+        return Stopped(self.trained, FIXED, None)

@@ -706,8 +706,8 @@ class ComP(Method):
         # Small enough for the default grid on two CPU cores (no dropout: its sampling is about
         # a sixth of a CPU step at this size).
         "quick": {
-            "epochs": 8,
-            "stage_epoch": 3,
+            "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
+            "stage_epoch": 30,
             "batch_size": 16,
             "lr": 5e-3,
             "hidden": 32,

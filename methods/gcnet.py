@@ -246,7 +246,7 @@ class GCNet(Method):
         # Small enough for the 2-core default grid: one-layer BiLSTMs (the LSTMs dominate
         # the time on CPU), few epochs at a higher learning rate.
         "quick": {
-            "epochs": 4,
+            "epochs": 40,  # a cap: runs end on a plateau (imerbench/stopping.py)
             "batch_size": 16,
             "lr": 3e-3,
             "hidden": 32,

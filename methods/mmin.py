@@ -183,8 +183,8 @@ class MMIN(Method):
     # decay, batches of 256 utterances (here in dialogues: about 256 utterances each).
     profiles = {
         "quick": {
-            "epochs": 10,
-            "stage_epoch": 3,
+            "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
+            "stage_epoch": 30,
             "batch_size": 16,
             "lr": 3e-3,
             "embed": 32,

@@ -113,8 +113,8 @@ class MoMKE(Method):
     profiles = {
         # Small enough for the 2-core default grid (stage 2 runs 9 stream-expert passes).
         "quick": {
-            "epochs": 6,
-            "stage_epoch": 2,
+            "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
+            "stage_epoch": 30,
             "batch_size": 16,
             "lr": 3e-3,
             "hidden": 32,

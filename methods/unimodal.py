@@ -45,7 +45,8 @@ class Unimodal(Method):
         "modality": Param("a", choices=MODALITIES),
     }
     profiles = {
-        "quick": {"epochs": 10, "batch_size": 16, "hidden": 64, "dropout": 0.2, "lr": 1e-3},
+        # epochs: a cap, runs end on a plateau (imerbench/stopping.py)
+        "quick": {"epochs": 40, "batch_size": 16, "hidden": 64, "dropout": 0.2, "lr": 1e-3},
         "iemocap": {"epochs": 100, "batch_size": 16, "lr": 1e-4},
         "mosi": {"epochs": 150, "batch_size": 32, "lr": 1e-4},
         "mosei": {"epochs": 50, "batch_size": 32, "lr": 1e-4},

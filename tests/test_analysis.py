@@ -16,7 +16,8 @@ from imerbench.analysis import (
     under_optimization,
 )
 from imerbench.grid import grid_from_dict
-from imerbench.leaderboard import leaderboards, paper_numbers, render
+from imerbench.leaderboard import leaderboards, render
+from imerbench.paper_table import paper_numbers, paper_tables
 from imerbench.report import write_report
 from imerbench.results import COLUMNS, read_results
 from imerbench.runner import RunOptions, run_grid
@@ -120,6 +121,39 @@ def test_latex_table_and_paper_numbers() -> None:
     )
     assert comp == {float(r.missing_rate): r.value_percent / 100 for r in expected.itertuples()}
     assert len(comp) == 7
+
+
+def test_paper_table_puts_test_oracle_beside_the_published_numbers() -> None:
+    """Published numbers are best-test-epoch numbers: ours beside them are test-oracle ones,
+    our val numbers have rows of their own, and bold stays within a protocol."""
+    published = paper_numbers("iemocap4", "wa")["ComP (published, = comp-ref)"]
+    rows = []
+    for seed in (0, 1, 2):
+        for fold in range(5):  # IEMOCAP's five sessions, averaged within a seed
+            extra = {"dataset": "iemocap4", "fold": fold, "config_hash": f"h{seed}{fold}"}
+            # oracle 0.99 beats every published number at MR 0.1; val 0.50 would not
+            rows.append(
+                row("comp-ref", "0.1", seed, "mask", 0.99, selection="test-oracle", **extra)
+            )
+            rows.append(row("comp-ref", "0.1", seed, "mask", 0.50, **extra))
+    text = paper_tables(pd.DataFrame(rows))
+    lines = text.splitlines()
+    column = [c.strip() for c in lines[2].split("|")].index("MR 0.1")
+    assert "best test epoch" in lines[0] and "n = 3" in lines[0]
+    oracle = next(line for line in lines if line.startswith("| comp-ref | test-oracle |"))
+    val = next(line for line in lines if line.startswith("| comp-ref | val |"))
+    mine = next(line for line in lines if line.startswith("| *ComP (published, = comp-ref)*"))
+    assert oracle.split("|")[column].strip().startswith("**99.00")  # MR 0.1: best of its protocol
+    assert val.split("|")[column].strip().startswith("**50.00")  # the only val row: best of its own
+    assert f"{published[0.1] * 100:.2f}" in mine.split("|")[column]
+    assert "**" not in mine.split("|")[column]  # beaten within the protocol, not across
+    assert lines.index(oracle) < lines.index(mine) < lines.index(val)
+
+
+def test_paper_table_says_when_a_dataset_has_no_published_numbers() -> None:
+    text = paper_tables(rows_frame())
+    assert text.splitlines()[0].startswith("synthetic: no published numbers")
+    assert "| fusion |" in text  # and its leaderboard follows
 
 
 @pytest.fixture(scope="module")

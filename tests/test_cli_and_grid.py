@@ -22,8 +22,21 @@ def test_default_grid_is_every_method_on_synthetic() -> None:
     assert [m.label for m in grid.methods] == list_methods()
     assert grid.datasets == ("synthetic",)
     assert [str(m) for m in grid.missing_rates] == ["0.0", "0.3", "0.5", "0.7"]
-    assert grid.seeds == (0, 1)
-    assert len(grid.cells()) == len(list_methods()) * 8
+    assert grid.seeds == (0, 1, 2)
+    cells = grid.cells()
+    rates = [c for c in cells if c.mask.rate is not None]
+    assert len(rates) == len(list_methods()) * 4 * 3
+    # Each multimodal method also trains on a, t and v alone (its own ceilings); the
+    # unimodal references are ceilings themselves.
+    ceilings = {(c.method.label, str(c.mask), c.seed) for c in cells if c.mask.rate is None}
+    multimodal = [m for m in list_methods() if not m.startswith("unimodal-")]
+    assert ceilings == {(m, x, s) for m in multimodal for x in "atv" for s in (0, 1, 2)}
+
+
+def test_ceilings_can_be_turned_off_and_are_not_added_twice() -> None:
+    assert all(c.mask.rate is not None for c in default_grid(ceilings=False).cells())
+    grid = default_grid(methods="early-fusion", missing_rates="0.0,a", seeds="0")
+    assert sorted(str(c.mask) for c in grid.cells()) == ["0.0", "a", "t", "v"]
 
 
 def test_benchmarks_quick_grid_mirrors_the_built_in_one() -> None:
@@ -44,7 +57,8 @@ def test_method_overrides_parse_and_validate() -> None:
     ref = parse_method_ref("unimodal-a[hidden=32, dropout=0.1]")
     assert ref.name == "unimodal-a"
     assert dict(ref.overrides) == {"hidden": 32, "dropout": 0.1}
-    assert ref.label == "unimodal-a[dropout=0.1,hidden=32]"
+    assert ref.label == "unimodal-a[hidden=32,dropout=0.1]"  # as typed, spaces dropped
+    assert parse_method_ref("early-fusion[lr=1e12]").label == "early-fusion[lr=1e12]"
     method = create_method(ref.name, "quick", **dict(ref.overrides))
     assert method.hp["hidden"] == 32
     with pytest.raises(ImerbenchError, match=r"hidne.*did you mean 'hidden'"):
@@ -141,7 +155,7 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
     epochs = next(line.split() for line in detail.splitlines() if line.split()[:1] == ["epochs"])
     assert epochs[:4] == ["epochs", "20", ">=", "1"]  # name, default, allowed
     profiles = dict(zip(header[3:7], epochs[4:8], strict=True))
-    assert profiles == {"iemocap": "200", "mosi": "300", "mosei": "100", "quick": "8"}
+    assert profiles == {"iemocap": "200", "mosi": "300", "mosei": "100", "quick": "60"}
     fixed = next(line for line in detail.splitlines() if "fix_modulator" in line)
     assert "fixed: False" in fixed
     assert run_cli("list", "comp-rf").err.startswith("error: unknown method 'comp-rf'")
@@ -149,14 +163,15 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
 
 def test_dry_run_lists_cells_with_an_estimate(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
     code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
-        "--dry-run", "--device", "cpu", "--out", str(tmp_path / "run"), "--stack", "1",
+        "--seeds", "0,1", "--dry-run", "--device", "cpu", "--out", str(tmp_path / "run"),
+        "--stack", "1",
     )  # fmt: skip
     assert code == 0
-    assert stdout.count("late-fusion synthetic") == 4  # 2 rates x the quick grid's 2 seeds
+    assert stdout.count("late-fusion synthetic") == 4  # 2 rates x 2 seeds, no ceilings
     assert "4 cells to run (0 already finished)" in stdout
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written (not even masks)
     code, stdout, _ = run_cli("run", "--methods", "late-fusion", "--missing-rates", "0.0,0.5",
-        "--dry-run", "--device", "cpu", "--out", str(tmp_path), "--stack", "3",
+        "--seeds", "0,1", "--dry-run", "--device", "cpu", "--out", str(tmp_path), "--stack", "3",
     )  # fmt: skip
     assert code == 0
     assert stdout.count("late-fusion synthetic") == 2  # 4 cells, at most 3: 2 and 2

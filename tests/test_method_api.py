@@ -32,8 +32,8 @@ def test_hyper_parameters_are_frozen_and_a_change_is_a_new_validated_method() ->
     assert changed.info == method.info and changed.name == "momke"
     with pytest.raises(ImerbenchError, match=r"momke: hidden=1 is below its minimum 2"):
         method.with_params(hidden=1)
-    with pytest.raises(ImerbenchError, match="stage_epoch=6 must be below epochs=6"):
-        method.with_params(stage_epoch=6)
+    with pytest.raises(ImerbenchError, match="stage_epoch=60 must be below epochs=60"):
+        method.with_params(stage_epoch=60)
     with pytest.raises(ImerbenchError, match=r"unknown hyper-parameter 'hiden'.*'hidden'"):
         method.with_params(hiden=8)
 

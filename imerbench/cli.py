@@ -81,13 +81,9 @@ def run(
     ] = False,
 ) -> None:
     """Run or resume a grid (default: every method on the synthetic corpus)."""
-    from imerbench.compute import CellReport
     from imerbench.data import resolve_dataset
     from imerbench.grid import default_grid_path, load_grid
-    from imerbench.leaderboard import leaderboards, render
     from imerbench.plan import RunOptions
-    from imerbench.results import separate_configurations
-    from imerbench.runner import run_grid
 
     if executor not in ("local", "ray"):
         raise ImerbenchError(f"--executor {executor}: use local or ray")
@@ -144,6 +140,11 @@ def run(
         for line in plan_lines(grid, options):
             console.print(escape(line))
         return
+    from imerbench.compute import CellReport
+    from imerbench.convergence import convergence_summary
+    from imerbench.leaderboard import leaderboards, render
+    from imerbench.results import separate_configurations
+    from imerbench.runner import run_grid
 
     start = time.perf_counter()
     counts = {"ok": 0, "failed": 0, "skipped": 0, "claimed": 0}
@@ -187,6 +188,14 @@ def run(
     else:
         if len(df):
             typer.echo(render(leaderboards(df), "md"))
+            stops = convergence_summary(df)
+            if len(stops):
+                console.print(
+                    f"{stops['cells'].sum()} cells: {stops['plateau'].sum()} stopped on a "
+                    f"plateau, {stops['cap'].sum()} at their epoch cap (not converged), "
+                    f"{stops['fixed'].sum()} after fixed epochs; `imerbench table "
+                    f"{store.root} --convergence` shows each method"
+                )
     if failed:
         err_console.print(
             escape(

@@ -331,7 +331,10 @@ def cell_result(
         f"{sel} {primary} {s.test['fused'][primary]:.4f} (epoch {s.epoch})"
         for sel, s in outcome.selected.items()
     ]
-    report = CellReport(cell, "ok", ", ".join(shown), seconds, rows)
+    stopped = outcome.stopped
+    how = f"{stopped.epochs_trained} epochs, {stopped.reason}"
+    how += " (not converged)" if stopped.converged is False else ""
+    report = CellReport(cell, "ok", ", ".join(shown) + f"; {how}", seconds, rows)
     return CellResult(report, digest, files)
 
 

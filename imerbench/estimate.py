@@ -33,7 +33,12 @@ from imerbench.step import (
     padded_training,
     train_step,
 )
+from imerbench.stopping import Clock
+from imerbench.training import CURVE_EVERY
 
+# Epochs a stage trains, per epoch of patience, when it stops on a plateau: the quick grid's
+# stages took 2.9-3.3 x patience (3) on average (2-core CPU).
+PLATEAU_EPOCHS = 3
 WORKER_START_S = 3.0  # a spawned worker: Python, torch and the corpus (measured on a 2-core CPU)
 
 
@@ -91,27 +96,50 @@ def split_sizes(planned: PlannedCell, ws: Workspace) -> tuple[int, int]:
     return len(corpus.utterances(fold.val)), len(corpus.utterances(fold.test))
 
 
-def cell_seconds(planned: PlannedCell, measured: Probe, sizes: tuple[int, int]) -> float:
+def stage_epochs(planned: PlannedCell, capped: bool = False) -> list[int]:
+    """Epochs each stage is expected to train: its cap where stopping is fixed (or
+    `capped`), else about `PLATEAU_EPOCHS` x patience, what the quick grid's stages took
+    (`imerbench table --convergence`), within the cap."""
+    method, watch = planned.method, planned.cell.protocol != "paper"
+    clock = Clock.for_method(method.stages, method.hp, True, watch)
+    if capped or not clock.patience:
+        return list(clock.caps)
+    return [min(cap, PLATEAU_EPOCHS * clock.patience) for cap in clock.caps]
+
+
+def cell_seconds(
+    planned: PlannedCell, measured: Probe, sizes: tuple[int, int], capped: bool = False
+) -> float:
+    """Training steps and the validation passes (with the modality curves every
+    `CURVE_EVERY` epochs) every epoch; the test split every epoch of the last stage; the
+    selected weights on every forced subset at the end."""
     n_val, n_test = sizes
-    per_epoch = measured.batches * measured.step_s + measured.utterance_s * (
-        n_val * (1 + len(MODALITIES)) + n_test
-    )
+    epochs = stage_epochs(planned, capped)
+    per_epoch = measured.batches * measured.step_s
+    per_epoch += measured.utterance_s * n_val * (1 + len(MODALITIES) / CURVE_EVERY)
+    test = measured.utterance_s * n_test * epochs[-1]
     final = measured.utterance_s * n_test * (1 + len(SUBSETS))
-    return planned.method.hp["epochs"] * per_epoch + final
+    return sum(epochs) * per_epoch + test + final
 
 
 def estimate_seconds(
-    stacks: Sequence[Stack], ws: Workspace, threads: int = 1, probe_stacks: bool | None = None
+    stacks: Sequence[Stack],
+    ws: Workspace,
+    threads: int = 1,
+    probe_stacks: bool | None = None,
+    capped: bool = False,
+    probes: dict[tuple[str, str, str, int], Probe] | None = None,
 ) -> dict[PlannedCell, float]:
     """Seconds per cell, from one probe per (method, dataset, protocol, stack size), run
     with the `threads` a worker would have. On a CPU a stack is probed as one cell alone (a
     stack's gain there is small, and probing stacks of 8 would take most of the dry run's
     5 s); on a GPU, where stacking is the gain, as the stack it is (`probe_stacks`: either
-    way, whatever the device)."""
+    way, whatever the device). `capped`: as if every stage ran to its epoch cap. `probes`:
+    measurements to reuse, and to add to."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        probes: dict[tuple[str, str, str, int], Probe] = {}
+        probes = {} if probes is None else probes
         out = {}
         for stack in stacks:
             whole = ws.device.type == "cuda" if probe_stacks is None else probe_stacks
@@ -122,7 +150,7 @@ def estimate_seconds(
                 probes[key] = probe(probed, ws)
             sizes = split_sizes(stack[0], ws)  # the same for every cell of a stack
             for planned in stack:
-                out[planned] = cell_seconds(planned, probes[key], sizes)
+                out[planned] = cell_seconds(planned, probes[key], sizes, capped)
         return out
     finally:
         torch.set_num_threads(previous)
@@ -145,7 +173,9 @@ def plan_lines(grid: Grid, options: RunOptions) -> list[str]:
     ws = Workspace(grid, options, store_masks=False)
     jobs = max(1, min(options.resolved_jobs(), len(plan.stacks)))
     threads = max(1, (os.cpu_count() or 1) // jobs) if ws.device.type == "cpu" else 1
-    seconds = estimate_seconds(plan.stacks, ws, threads)
+    probes: dict[tuple[str, str, str, int], Probe] = {}
+    seconds = estimate_seconds(plan.stacks, ws, threads, probes=probes)
+    most = estimate_seconds(plan.stacks, ws, threads, capped=True, probes=probes)
     lines = []
     for stack in plan.stacks:
         c = stack[0].cell
@@ -160,4 +190,10 @@ def plan_lines(grid: Grid, options: RunOptions) -> list[str]:
         f"{options.out}{grouped}; estimated {total / 60:.1f} min of compute on {ws.device}, "
         f"{wall / 60:.1f} min wall with {jobs} job{'s' if jobs > 1 else ''}"
     )
+    longest = wall_seconds(plan.stacks, most, jobs)
+    if longest > wall * 1.05:
+        lines.append(
+            f"(stages stopping on plateaus after ~{PLATEAU_EPOCHS} x patience epochs; "
+            f"at most {longest / 60:.1f} min wall if every stage runs to its epoch cap)"
+        )
     return lines

@@ -102,15 +102,23 @@ def analysis_markdown(df: pd.DataFrame) -> str:
     uo = uo[uo["mask"].map(is_rate)]
     for dataset, g in uo.groupby("dataset"):
         table = g.groupby(["method", "modality"])["under_optimization"].mean().unstack() * 100
+        # a ceiling that is not the method's own (it was not trained on m alone)
+        own = g["source"] == g["method"] + " on " + g["modality"]
+        borrowed = set(zip(g.loc[~own, "method"], g.loc[~own, "modality"], strict=True))
+        seeds = g["seed"].nunique()
         lines += [
             f"### {dataset}: under-optimization (points, forced modality minus its "
-            "ceiling, mean over MRs and seeds)",
+            f"ceiling, mean over MRs and n = {seeds} seeds; the ceiling is the method "
+            "trained on that modality alone, or, marked (ref), the unimodal reference's)",
             "",
             "| method | " + " | ".join(table.columns) + " |",
             "|---|" + "---:|" * len(table.columns),
         ]
         for method, row in table.iterrows():
-            lines.append(f"| {method} | " + " | ".join(f"{v:+.2f}" for v in row) + " |")
+            cells = [
+                f"{v:+.2f}" + (" (ref)" if (method, m) in borrowed else "") for m, v in row.items()
+            ]
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 

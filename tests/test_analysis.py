@@ -15,6 +15,7 @@ from imerbench.analysis import (
     subset_matrix,
     under_optimization,
 )
+from imerbench.convergence import convergence_table
 from imerbench.grid import grid_from_dict
 from imerbench.leaderboard import leaderboards, render
 from imerbench.paper_table import paper_numbers, paper_tables
@@ -210,3 +211,21 @@ def test_rows_carry_forced_subsets_patterns_and_heads(small_run: Path) -> None:
     pattern = full.query("condition == 'pattern-atv' and output == 'fused' and metric == 'wa'")
     assert mask_score["value"].tolist() == pytest.approx(pattern["value"].tolist())
     assert not math.isnan(df["realized_missing_rate"].iloc[0])
+
+
+def test_a_run_stopped_at_its_cap_is_marked_not_converged() -> None:
+    rows = []
+    for seed in (0, 1):
+        capped = seed == 1  # one of two runs ran out of epochs while still improving
+        stop = {"stop_reason": "cap" if capped else "plateau", "converged": not capped}
+        stop |= {"epochs": 40, "epochs_trained": 40 if capped else 12}
+        rows.append(row("slow", "0.0", seed, "mask", 0.60, **stop))
+        fast = {"stop_reason": "plateau", "converged": True, "epochs": 40, "epochs_trained": 9}
+        rows.append(row("fast", "0.0", seed, "mask", 0.50, **fast))
+    board = leaderboards(pd.DataFrame(rows))[0]
+    text = board.to_markdown()
+    assert "| slow | **60.00 ± 0.00 §** |" in text
+    assert "| fast | 50.00 ± 0.00 |" in text  # its runs converged: no mark
+    assert "§ some runs stopped at their epoch cap, not converged" in text.splitlines()[0]
+    table = convergence_table(pd.DataFrame(rows))
+    assert "| slow | 2 | 1 (50%) | 1 | 0 | 26.0 (12-40) | 40 |" in table

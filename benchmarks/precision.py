@@ -24,7 +24,7 @@ import pandas as pd
 
 from imerbench.data import resolve_dataset
 from imerbench.devices import describe_device, resolve_device
-from imerbench.grid import grid_from_dict
+from imerbench.grid_file import grid_from_dict
 from imerbench.plan import RunOptions
 from imerbench.runner import run_grid
 

@@ -68,7 +68,7 @@ from imerbench.data import (
 from imerbench.data.safe_pickle import load_label_pickle
 from imerbench.devices import describe_device, resolve_device
 from imerbench.evaluation import predict
-from imerbench.grid import default_grid_path, grid_from_dict, load_grid
+from imerbench.grid_file import default_grid_path, grid_from_dict, load_grid
 from imerbench.method import RunContext
 from imerbench.plan import RunOptions
 from imerbench.registry import create_method, list_methods
@@ -241,16 +241,17 @@ def run(
 
 
 def rows_differ(one: Path, other: Path) -> tuple[int, float, int]:
-    """(rows compared, the largest difference of a value, rows whose epoch differs) between
-    two runs of one grid: each cell's rows keyed by its hash."""
+    """(rows compared, the largest difference of a value, rows whose selected epoch or
+    epochs trained differ) between two runs of one grid: each cell's rows keyed by its hash."""
     key = ["config_hash", "selection", "condition", "output", "metric"]
     a, b = read_results(one), read_results(other)
     merged = a.merge(b, on=key, suffixes=("", "_b"))
     if len(merged) != len(a) or len(merged) != len(b):
         return len(merged), float("inf"), -1
     diff = float((merged["value"] - merged["value_b"]).abs().max())
-    epochs = int((merged["epoch"].astype(str) != merged["epoch_b"].astype(str)).sum())
-    return len(merged), diff, epochs
+    epochs = merged["epoch"].astype(str) != merged["epoch_b"].astype(str)  # selected, or run
+    epochs |= merged["epochs_trained"].astype(str) != merged["epochs_trained_b"].astype(str)
+    return len(merged), diff, int(epochs.sum())
 
 
 def time_stacking(args: argparse.Namespace, device: torch.device) -> None:

@@ -1,4 +1,5 @@
-"""The `imerbench` command line: run, list, table, data, masks."""
+"""The `imerbench` command line: run, list, table, plot, report (data and masks:
+`imerbench/cli_data.py`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from imerbench.errors import ImerbenchError
+from imerbench.cli_data import FEATURES_HELP, data_app, masks_app
+from imerbench.errors import ImerbenchError, print_error_line
 
 app = typer.Typer(
     help="Fair, resumable benchmarks for incomplete multimodal emotion recognition.",
@@ -20,8 +22,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-data_app = typer.Typer(help="Inspect or write datasets in the GCNet layout.")
-masks_app = typer.Typer(help="The stored evaluation masks.")
 app.add_typer(data_app, name="data")
 app.add_typer(masks_app, name="masks")
 console = Console()
@@ -31,7 +31,6 @@ err_console = Console(stderr=True)
 _USAGE_ERROR: type[Exception] = next(
     c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
 )
-FEATURES_HELP = "feature folders, e.g. a=NAME,v=NAME (others: the papers' defaults)"
 
 
 @app.command()
@@ -82,7 +81,7 @@ def run(
 ) -> None:
     """Run or resume a grid (default: every method on the synthetic corpus)."""
     from imerbench.data import resolve_dataset
-    from imerbench.grid import default_grid_path, load_grid
+    from imerbench.grid_file import default_grid_path, load_grid
     from imerbench.plan import RunOptions
 
     if executor not in ("local", "ray"):
@@ -302,91 +301,6 @@ def report(
     typer.echo(f"wrote {path}")
 
 
-@data_app.command("check")
-def data_check(
-    root: Annotated[Path, typer.Argument(help="folder holding IEMOCAP/, CMUMOSI/, ...")],
-    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
-) -> None:
-    """What a data folder holds, and what is missing or malformed."""
-    from imerbench.data import check_data_root
-
-    report = check_data_root(root, _feature_names(features))
-    for line in report.lines(problems=False):
-        typer.echo(line)
-    for problem in report.all_problems():  # each names its file and the fix
-        _error_line(problem)
-    if not report.ok:
-        raise typer.Exit(1)
-
-
-@data_app.command("synth")
-def data_synth(
-    out: Annotated[Path, typer.Argument(help="folder to write")],
-    dataset: Annotated[str, typer.Option(help="synthetic or synthetic-mosi")] = "synthetic",
-    as_dataset: Annotated[
-        str | None, typer.Option(help="layout to write as (default iemocap4 / mosi)")
-    ] = None,
-    widths: Annotated[str, typer.Option(help="small or real")] = "small",
-) -> None:
-    """Write a synthetic corpus in the GCNet layout (readable by `--data-root`)."""
-    from imerbench.data import make_synthetic, resolve_dataset, write_gcnet
-
-    info = resolve_dataset(dataset)
-    if not info.synthetic:
-        raise ImerbenchError(f"--dataset {dataset}: use synthetic or synthetic-mosi")
-    layout = resolve_dataset(
-        as_dataset or ("iemocap4" if info.task == "classification" else "mosi")
-    )
-    corpus = make_synthetic(info.id, widths=widths)
-    path = write_gcnet(corpus, layout, out)
-    typer.echo(f"wrote {corpus.num_utterances} utterances of '{info.id}' as {layout.id} to {path}")
-
-
-@masks_app.command("export")
-def masks_export(
-    dataset: Annotated[str, typer.Option(help="dataset id")] = "synthetic",
-    missing_rate: Annotated[str, typer.Option(help="missing rate or condition")] = "0.5",
-    fold: Annotated[int, typer.Option(help="fold")] = 0,
-    split: Annotated[str, typer.Option(help="val or test")] = "test",
-    seed: Annotated[int, typer.Option(help="mask seed (the cell's seed)")] = 0,
-    data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,
-    features: Annotated[str | None, typer.Option(help=FEATURES_HELP)] = None,
-    masks_dir: Annotated[
-        Path | None, typer.Option(help="stored masks of a run (default runs/quick/masks)")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="file to write")] = Path("test_mask.npz"),
-) -> None:
-    """Write stored masks in GCNet's --test_mask format, to score other code on them."""
-    from imerbench.data import MaskStore, export_gcnet_masks, load_dataset, parse_mask_spec
-
-    if split not in ("val", "test"):
-        raise ImerbenchError(f"--split {split}: use val or test")
-    corpus = load_dataset(dataset, data_root, feature_names=_feature_names(features))
-    store = MaskStore(masks_dir or Path("runs/quick/masks"))
-    path = export_gcnet_masks(store, corpus, fold, split, parse_mask_spec(missing_rate), seed, out)
-    typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
-
-
-def _feature_names(text: str | None) -> dict[str, str] | None:
-    """`--features a=NAME,...` read and checked, or None when not given."""
-    from imerbench.data import parse_feature_names
-
-    if text is None:
-        return None
-    try:
-        return parse_feature_names(text)
-    except ImerbenchError as err:
-        raise ImerbenchError(f"--features: {err}") from None
-
-
-def _error_line(message: str) -> None:
-    """One line on stderr, never wrapped, markup and emoji codes in `message` shown as typed."""
-    text = " ".join(message.split())
-    err_console.print(
-        f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True, emoji=False
-    )
-
-
 def _given_value(param: object, argv: list[str]) -> str | None:
     """What the user typed for an option that was refused (some typers leave it out of their
     message), or None."""
@@ -404,7 +318,7 @@ def main() -> None:
     try:
         code = app(standalone_mode=False, prog_name="imerbench")
     except ImerbenchError as exc:
-        _error_line(str(exc))
+        print_error_line(str(exc))
         sys.exit(2)
     except _USAGE_ERROR as exc:  # usage errors: one line too, not typer's framed box
         ctx = getattr(exc, "ctx", None)
@@ -416,10 +330,10 @@ def main() -> None:
             if given is not None and repr(given) not in message:
                 message = f"{message.rstrip('.')}: {given!r} given"
             hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-            _error_line(message + hint)
+            print_error_line(message + hint)
         sys.exit(exc.exit_code)
     except typer.Abort:
-        _error_line("aborted")
+        print_error_line("aborted")
         sys.exit(1)
     except KeyboardInterrupt:
         code = 130

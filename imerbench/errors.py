@@ -5,6 +5,11 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterable
 
+from rich.console import Console
+from rich.markup import escape
+
+_stderr = Console(stderr=True)
+
 
 class ImerbenchError(Exception):
     """An error the user can fix (bad path, bad value, bad data).
@@ -25,3 +30,9 @@ def unknown_name(kind: str, value: str, choices: Iterable[str]) -> ImerbenchErro
     return ImerbenchError(
         f"unknown {kind} '{value}'{did_you_mean(value, names)}; valid: {', '.join(names)}"
     )
+
+
+def print_error_line(message: str) -> None:
+    """One line on stderr, never wrapped, markup and emoji codes in `message` shown as typed."""
+    text = " ".join(message.split())
+    _stderr.print(f"[red]error:[/] {escape(text)}", highlight=False, soft_wrap=True, emoji=False)

@@ -351,13 +351,14 @@ def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
     gap = gap[gap["mask"].map(is_rate)].sort_values(["dataset", "method", "missing_rate"])
     if fmt == "csv":
         return gap.to_csv(index=False, lineterminator="\n")
+    capped = not_converged(df)
     lines = []
     for dataset, rows in gap.groupby("dataset"):
         metric = resolve_dataset(dataset).primary_metric
         lines += [
             f"### {dataset}: {metric} (%), val selection vs best test epoch (means over "
             "seeds; inflation: test-oracle minus val, with its 95% confidence interval over "
-            "the seeds, t distribution)",
+            "the seeds, t distribution; § some runs stopped at their epoch cap)",
             "",
             "| method | MR | seeds | val | test-oracle | inflation | 95% CI |",
             "|---|---:|---:|---:|---:|---:|---:|",
@@ -365,8 +366,9 @@ def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
         for r in rows.itertuples():
             low, high = (r.inflation - r.ci95) * 100, (r.inflation + r.ci95) * 100
             ci = "-" if math.isnan(r.ci95) else f"[{low:+.2f}, {high:+.2f}]"
+            mark = f" {NOT_CONVERGED_MARK}" if (r.method, dataset, r.mask) in capped else ""
             lines.append(
-                f"| {r.method} | {r.missing_rate:g} | {r.seeds} | {r.val * 100:.2f} | "
+                f"| {r.method}{mark} | {r.missing_rate:g} | {r.seeds} | {r.val * 100:.2f} | "
                 f"{r.test_oracle * 100:.2f} | {r.inflation * 100:+.2f} | {ci} |"
             )
         lines.append("")

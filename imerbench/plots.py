@@ -97,7 +97,12 @@ def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         )
     ax.set_xlabel("missing rate (training and test masks)")
     ax.set_ylabel("modality gap (points)")
-    ax.set_title(f"{dataset}: best minus worst single-modality score")
+    seeds = gap["seed"].nunique()
+    ax.set_title(
+        f"{dataset}: best minus worst single-modality score (mean over n = {seeds} seeds; "
+        "band: min-max)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, out, f"{dataset}-modality-gap")
@@ -188,18 +193,16 @@ def training_curves(
         for m in MODALITIES:
             forced = c[(c["condition"] == m) & (c["output"] == "fused")]
             mean = forced.groupby("epoch")["value"].mean()
-            ax.plot(mean.index + 1, mean * 100, color=MODALITY_COLORS[m], label=f"{m} forced")
+            ax.plot(mean.index, mean * 100, color=MODALITY_COLORS[m], label=f"{m} forced")
             head = c[(c["condition"] == "mask") & (c["output"] == f"head-{m}")]
             if len(head):
                 hm = head.groupby("epoch")["value"].mean()
-                ax.plot(
-                    hm.index + 1, hm * 100, "--", color=MODALITY_COLORS[m], lw=1, label=f"head-{m}"
-                )
+                ax.plot(hm.index, hm * 100, "--", color=MODALITY_COLORS[m], lw=1, label=f"head-{m}")
         fused = c[(c["condition"] == "mask") & (c["output"] == "fused")]
         ax.plot(*_mean_curve(fused), color="k", lw=1.2, label="fused (mask)")
         stages = c.groupby("stage")["epoch"].min().sort_values()
         for epoch in stages.iloc[1:]:
-            ax.axvline(epoch + 0.5, color="grey", ls=":", lw=1)
+            ax.axvline(epoch - 0.5, color="grey", ls=":", lw=1)
         ax.set_title(method, fontsize=9)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
@@ -209,14 +212,18 @@ def training_curves(
         ax.set_ylabel(f"val {metric} (%)")
     handles, labels = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, bbox_to_anchor=(0.5, -0.02))
-    fig.suptitle(f"{dataset}: per-modality validation curves at MR {mask} (dotted: stage switch)")
+    fig.suptitle(
+        f"{dataset}: per-modality validation curves at MR {mask}, mean over the cells still "
+        "training (forced modalities every other epoch; dotted: the first stage switch)",
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     return _save(fig, out, f"{dataset}-training-curves")
 
 
 def _mean_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     mean = rows.groupby("epoch")["value"].mean()
-    return mean.index.to_numpy() + 1, mean.to_numpy() * 100
+    return mean.index.to_numpy(), mean.to_numpy() * 100  # epochs count from 1
 
 
 def subset_heatmap(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
@@ -243,7 +250,11 @@ def subset_heatmap(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
                 )
     ax.set_xlabel("modalities present (forced)")
     fig.colorbar(image, ax=ax, label=_label(dataset))
-    ax.set_title(f"{dataset}: score by present-modality subset (mean over MRs and seeds)")
+    seeds = df.loc[df["dataset"] == dataset, "seed"].nunique()
+    ax.set_title(
+        f"{dataset}: score by present-modality subset (mean over MRs and n = {seeds} seeds)",
+        fontsize=10,
+    )
     return _save(fig, out, f"{dataset}-subset-heatmap")
 
 
@@ -289,7 +300,8 @@ def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.set_xlabel("average rank (1 = best)")
     ax.set_title(
         f"Average ranks over {n} blocks (a block: one dataset and missing rate, each "
-        f"method's mean over seeds); Friedman p = {test.p_chi2:.2g}\n"
+        f"method's mean over n = {per_seed['seed'].nunique()} seeds); Friedman p = "
+        f"{test.p_chi2:.2g}\n"
         "red bars join methods not significantly different (Nemenyi, α = 0.05)",
         fontsize=9,
     )

@@ -9,7 +9,8 @@ from typing import NamedTuple
 import pytest
 
 from imerbench.cli import main
-from imerbench.grid import Grid, grid_from_dict
+from imerbench.grid import Grid
+from imerbench.grid_file import grid_from_dict
 
 
 class CliResult(NamedTuple):

@@ -16,7 +16,7 @@ from imerbench.analysis import (
     under_optimization,
 )
 from imerbench.convergence import convergence_table
-from imerbench.grid import grid_from_dict
+from imerbench.grid_file import grid_from_dict
 from imerbench.leaderboard import leaderboards, render
 from imerbench.paper_table import paper_numbers, paper_tables
 from imerbench.report import write_report

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from imerbench.errors import ImerbenchError
-from imerbench.grid import default_grid, grid_from_dict, load_grid, parse_method_ref
+from imerbench.grid import parse_method_ref
+from imerbench.grid_file import default_grid, grid_from_dict, load_grid
 from imerbench.registry import create_method, list_methods
 from imerbench.results import read_results
 

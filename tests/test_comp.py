@@ -24,7 +24,7 @@ from torch import Tensor
 
 from imerbench.data import Batch, SplitData
 from imerbench.errors import ImerbenchError
-from imerbench.grid import load_grid
+from imerbench.grid_file import load_grid
 from imerbench.method import (
     EVAL_BATCH_DIALOGUES,
     DataSpec,

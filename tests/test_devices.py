@@ -21,7 +21,7 @@ from imerbench.devices import (
     limit_device_memory,
     memory_fraction,
 )
-from imerbench.grid import grid_from_dict
+from imerbench.grid_file import grid_from_dict
 from imerbench.plan import RunOptions
 from imerbench.results import ResultStore
 from imerbench.runner import run_grid

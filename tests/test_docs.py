@@ -11,7 +11,7 @@ from tiny_corpus import splits_for, tiny_corpus
 
 from imerbench.data import load_dataset, parse_mask_spec, unregister_dataset
 from imerbench.errors import ImerbenchError
-from imerbench.grid import default_grid
+from imerbench.grid_file import default_grid
 from imerbench.registry import create_method, unregister_method
 from imerbench.results import read_results
 from imerbench.training import train_cell

@@ -29,7 +29,8 @@ from processes import KEY, TOKEN_VAR, claims_under, cli, wait_for_no_orphans
 from imerbench import files, results
 from imerbench.compute import CellReport
 from imerbench.errors import ImerbenchError
-from imerbench.grid import Grid, grid_from_dict
+from imerbench.grid import Grid
+from imerbench.grid_file import grid_from_dict
 from imerbench.leaderboard import leaderboards, render
 from imerbench.method import Method, Param
 from imerbench.plan import RunOptions, config_hash, plan_cell

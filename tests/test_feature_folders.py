@@ -14,7 +14,7 @@ from tiny_corpus import tiny_corpus
 from imerbench.cli import main
 from imerbench.data import DEFAULT_FEATURE_NAMES, parse_feature_names, resolve_dataset, write_gcnet
 from imerbench.errors import ImerbenchError
-from imerbench.grid import grid_from_dict, load_grid
+from imerbench.grid_file import grid_from_dict, load_grid
 
 MINE = {"a": "my-audio", "v": "my-faces"}
 

@@ -13,7 +13,7 @@ from tiny_corpus import splits_for, tiny_corpus
 from imerbench.data import MaskStore, SplitData, parse_mask_spec
 from imerbench.errors import ImerbenchError
 from imerbench.evaluation import predict
-from imerbench.grid import grid_from_dict
+from imerbench.grid_file import grid_from_dict
 from imerbench.registry import create_method, list_methods
 from imerbench.runner import RunOptions, run_grid
 from imerbench.step import autocast, data_spec

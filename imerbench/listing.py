@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from imerbench.data import list_datasets
-from imerbench.method import known_profiles
+from imerbench.method import PROFILE_DEFAULTS, known_profiles
 from imerbench.registry import get_entry, list_methods
 
 
@@ -59,7 +59,7 @@ def print_method(console: Console, name: str) -> None:
             bounds = [f">= {param.low:g}"] if param.low is not None else []
             bounds += [f"<= {param.high:g}"] if param.high is not None else []
             allowed = ", ".join(bounds) or type(param.default).__name__
-        changed = [cls.profiles.get(p, {}) for p in profiles]
+        changed = [PROFILE_DEFAULTS.get(p, {}) | cls.profiles.get(p, {}) for p in profiles]
         values = [repr(values[key]) if key in values else "" for values in changed]
         table.add_row(*map(escape, [key, repr(param.default), allowed, *values, param.help]))
     console.print(table)

@@ -229,3 +229,15 @@ def test_a_run_stopped_at_its_cap_is_marked_not_converged() -> None:
     assert "§ some runs stopped at their epoch cap, not converged" in text.splitlines()[0]
     table = convergence_table(pd.DataFrame(rows))
     assert "| slow | 2 | 1 (50%) | 1 | 0 | 26.0 (12-40) | 40 |" in table
+
+
+def test_a_borrowed_ceiling_is_marked_in_the_report_table() -> None:
+    """fusion trained on audio alone has its own audio ceiling; text and video come from the
+    unimodal references, and the table says so for those two."""
+    from imerbench.report import analysis_markdown
+
+    text = analysis_markdown(rows_frame())
+    line = next(r for r in text.splitlines() if r.startswith("| fusion |") and "(ref)" in r)
+    a, t, v = (c.strip() for c in line.strip("|").split("|")[1:])
+    assert "(ref)" not in a and t.endswith("(ref)") and v.endswith("(ref)")
+    assert "n = 2 seeds" in text

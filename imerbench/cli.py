@@ -24,8 +24,30 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(masks_app, name="masks")
-console = Console()
-err_console = Console(stderr=True)
+# One line per message, never wrapped, also when the output is a file or a pipe (grep-able
+# logs); a terminal still shows the progress bar.
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _version(show: bool) -> None:
+    if show:
+        from imerbench import __version__
+
+        typer.echo(f"imerbench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool | None,
+        typer.Option("--version", callback=_version, is_eager=True, help="print the version"),
+    ] = None,
+) -> None:
+    """Fair, resumable benchmarks for incomplete multimodal emotion recognition."""
+
+
 # The base of click's usage errors, from whichever click this typer uses (newer typers vendor
 # their own copy, whose classes are not `click`'s).
 _USAGE_ERROR: type[Exception] = next(
@@ -45,7 +67,7 @@ def run(
     folds: Annotated[str | None, typer.Option(help="comma list of folds (default all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda:N")] = "auto",
     executor: Annotated[
-        str, typer.Option(help="local, or ray: cells as Ray tasks (pip install 'imerbench[ray]')")
+        str, typer.Option(help="local, or ray: cells as Ray tasks (pip install 'imerbench\\[ray]')")
     ] = "local",
     jobs: Annotated[
         int, typer.Option(help="cells trained at once, in processes (0: one per CPU core on CPU)")

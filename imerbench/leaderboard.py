@@ -103,11 +103,10 @@ class Leaderboard:
         return text + (f" {FAILED_MARK}" if failed else "")
 
     def seeds(self) -> str:
-        """n, the seeds behind each score: one number, or its range where it varies."""
-        counts = sorted({len(v) for v in self.cells.values() if v})
-        if not counts:
-            return "n = 0"
-        return f"n = {counts[0]}" if len(counts) == 1 else f"n = {counts[0]}-{counts[-1]}"
+        """n, the seeds behind each score ("n = 3 seeds"; a range where it varies)."""
+        counts = sorted({len(v) for v in self.cells.values() if v}) or [0]
+        n = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+        return f"n = {n} seed" + ("" if n == "1" else "s")
 
     def rows(self) -> list[tuple[str, list[str], list[bool], list[bool]]]:
         """(label, texts, is_best, is_worse) per method, then the reference rows."""
@@ -134,8 +133,8 @@ class Leaderboard:
         n = self.seeds()
         text = (
             f"{self.dataset}: {self.metric} ({unit}`{self.selection}` selection; mean ± std "
-            f"over {n} seeds; † significantly worse than the column's best: paired t-test over "
-            f"the {n} seeds, Holm-corrected within each column, α = {ALPHA}"
+            f"over {n}; † significantly worse than the column's best: paired t-test over "
+            f"the {n}, Holm-corrected within each column, α = {ALPHA}"
         )
         if self.unconverged:
             text += f"; {NOT_CONVERGED_MARK} some runs stopped at their epoch cap, not converged"

@@ -117,7 +117,7 @@ class PaperTable:
             f"{board.dataset}: {board.metric} (%) beside the ComP paper's table. The published "
             "numbers pick the best test epoch, so ours beside them are `test-oracle` (the best "
             "test epoch too); our `val`-selected numbers follow in their own rows. Bold: the best "
-            f"within a protocol. Ours: mean ± std over {board.seeds()} seeds; † significantly "
+            f"within a protocol. Ours: mean ± std over {board.seeds()}; † significantly "
             f"worse than the best of our rows of that protocol: paired t-test over the seeds, "
             f"Holm-corrected within each column, α = 0.05"
             + (f"; {FAILED_MARK} some runs failed" if board.failures else "")

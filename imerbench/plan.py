@@ -42,6 +42,9 @@ class RunOptions:
     jobs_per_device: int = 0  # CUDA: worker processes sharing each device (0: automatic)
     stack: int = 0  # the most cells trained as one stack of models (0: automatic, 1: off)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "out", Path(self.out))  # a str from Python callers too
+
     def resolved_stack(self) -> int:
         """Cells per stack where a method stacks: the one given, else the device's default."""
         if self.stack > 0:

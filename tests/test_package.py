@@ -70,3 +70,14 @@ def test_help_keeps_bracketed_extras(run_cli, monkeypatch) -> None:
     monkeypatch.setenv("COLUMNS", "200")
     code, out, _ = run_cli("run", "--help")
     assert code == 0 and "pip install 'imerbench[ray]'" in out
+
+
+def test_a_grid_runs_from_python_as_the_readme_shows(tmp_path) -> None:
+    from imerbench import RunOptions, default_grid, leaderboards, read_results, run_grid
+
+    grid = default_grid(methods="early-fusion", seeds="0", missing_rates="0.5", epochs=1)
+    store = run_grid(grid, RunOptions(out=str(tmp_path / "mine"), device="cpu"))  # a str
+    rows = read_results(tmp_path / "mine")
+    assert store.merged_path == tmp_path / "mine" / "results.csv"
+    assert set(rows["method"]) == {"early-fusion"} and set(rows["status"]) == {"ok"}
+    assert "| early-fusion |" in leaderboards(rows)[0].to_markdown()

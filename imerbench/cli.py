@@ -299,6 +299,12 @@ def plot(
     from imerbench.results import read_results, separate_configurations
 
     df = separate_configurations(read_results(results), results)
+    if not (df["status"] == "ok").any():  # nothing to draw: say so, write nothing
+        print_error_line(
+            f"{results} holds no finished cell to draw ({len(df)} rows, none ok); run the "
+            "grid first, or rerun its failed cells with --retry-failed"
+        )
+        raise typer.Exit(1)
     folder = results if results.is_dir() else results.parent
     written = plot_all(folder, df, out or folder / "figures")
     for path in written:

@@ -8,6 +8,8 @@ import pandas as pd
 
 from imerbench.stopping import CAP, FIXED, PLATEAU
 
+# The first line of every LaTeX table: what it needs in the preamble.
+LATEX_PACKAGES = r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)"
 NOT_CONVERGED_MARK = "§"  # some runs behind this score stopped at their cap, still improving
 CELL_KEYS = ["method", "dataset", "fold", "mask", "seed", "config_hash"]
 
@@ -102,6 +104,7 @@ def render_rows(caption: str, header: list[str], rows: list[list[str]], fmt: str
             return text.replace("%", r"\%").replace("_", r"\_").replace("`", "")
 
         out = [
+            LATEX_PACKAGES,
             r"\begin{table}[t]",
             r"\centering",
             rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",

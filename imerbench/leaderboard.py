@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from imerbench.analysis import is_rate, primary_rows
-from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
+from imerbench.convergence import LATEX_PACKAGES, NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
 from imerbench.stats import holm, paired_t, summary
@@ -162,7 +162,13 @@ class Leaderboard:
             return text.replace(NOT_CONVERGED_MARK, r"\S{}")
 
         cols = "l" + "r" * len(self.rates)
-        lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule"]
+        lines = [
+            LATEX_PACKAGES,
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\begin{{tabular}}{{{cols}}}",
+            r"\toprule",
+        ]
         lines.append("Method & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
         lines.append(r"\midrule")
         for label, texts, best, worse in self.rows():
@@ -218,7 +224,9 @@ class Leaderboard:
                     "source": "bayes",
                 }
             )
-        return pd.DataFrame(rows)
+        frame = pd.DataFrame(rows)
+        counts = [c for c in ("seeds", "runs", "failed_runs") if c in frame.columns]
+        return frame.astype({c: "Int64" for c in counts})  # counts stay integers in CSV
 
 
 def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, float]:
@@ -351,6 +359,8 @@ def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
     if fmt == "csv":
         return gap.to_csv(index=False, lineterminator="\n")
     capped = not_converged(df)
+    if fmt == "latex":
+        return protocol_latex(gap, capped)
     lines = []
     for dataset, rows in gap.groupby("dataset"):
         metric = resolve_dataset(dataset).primary_metric
@@ -372,3 +382,28 @@ def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
             )
         lines.append("")
     return "\n".join(lines).rstrip()
+
+
+def protocol_latex(gap: pd.DataFrame, capped: set[tuple[str, str, str]]) -> str:
+    """`protocol_table` as LaTeX (booktabs), one table per dataset."""
+    from imerbench.convergence import render_rows
+
+    out: list[str] = []
+    header = ["method", "MR", "seeds", "val", "test-oracle", "inflation", "95% CI"]
+    for dataset, rows in gap.groupby("dataset"):
+        metric = resolve_dataset(dataset).primary_metric
+        table = []
+        for r in rows.itertuples():
+            low, high = (r.inflation - r.ci95) * 100, (r.inflation + r.ci95) * 100
+            mark = r" \S{}" if (r.method, dataset, r.mask) in capped else ""
+            ci = "-" if math.isnan(r.ci95) else f"[{low:+.2f}, {high:+.2f}]"
+            table.append(
+                [f"{r.method}{mark}", f"{r.missing_rate:g}", str(r.seeds), f"{r.val * 100:.2f}",
+                 f"{r.test_oracle * 100:.2f}", f"{r.inflation * 100:+.2f}", ci]
+            )  # fmt: skip
+        caption = (
+            f"{dataset}: {metric} (%), val selection vs best test epoch; inflation: test-oracle "
+            "minus val, 95% confidence interval over the seeds (t distribution)"
+        )
+        out += [*render_rows(caption, header, table, "latex"), ""]
+    return "\n".join(out).rstrip()

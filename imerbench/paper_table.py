@@ -15,6 +15,7 @@ from importlib import resources
 
 import pandas as pd
 
+from imerbench.convergence import LATEX_PACKAGES
 from imerbench.data import resolve_dataset
 from imerbench.leaderboard import FAILED_MARK, Leaderboard, leaderboards
 from imerbench.metrics import METRICS
@@ -143,7 +144,13 @@ class PaperTable:
             return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text).replace("α", r"$\alpha$")
 
         cols = "ll" + "r" * len(self.rates)
-        lines = [r"\begin{table}[t]", r"\centering", rf"\begin{{tabular}}{{{cols}}}", r"\toprule"]
+        lines = [
+            LATEX_PACKAGES,
+            r"\begin{table}[t]",
+            r"\centering",
+            rf"\begin{{tabular}}{{{cols}}}",
+            r"\toprule",
+        ]
         lines.append("Method & Selection & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
         lines.append(r"\midrule")
         previous = None

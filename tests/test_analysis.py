@@ -17,7 +17,7 @@ from imerbench.analysis import (
 )
 from imerbench.convergence import convergence_table
 from imerbench.grid_file import grid_from_dict
-from imerbench.leaderboard import leaderboards, render
+from imerbench.leaderboard import leaderboards, protocol_table, render
 from imerbench.paper_table import paper_numbers, paper_tables
 from imerbench.report import write_report
 from imerbench.results import COLUMNS, read_results
@@ -241,3 +241,28 @@ def test_a_borrowed_ceiling_is_marked_in_the_report_table() -> None:
     a, t, v = (c.strip() for c in line.strip("|").split("|")[1:])
     assert "(ref)" not in a and t.endswith("(ref)") and v.endswith("(ref)")
     assert "n = 2 seeds" in text
+
+
+def test_tables_paste_into_latex_and_csv_counts_are_integers() -> None:
+    rows = []
+    for seed in (0, 1, 2):
+        rows.append(row("m", "0.5", seed, "mask", 0.60 + 0.01 * seed))
+        rows.append(row("m", "0.5", seed, "mask", 0.63 + 0.01 * seed, selection="test-oracle"))
+    df = pd.DataFrame(rows)
+    latex = render(leaderboards(df), "latex")
+    assert latex.splitlines()[0].startswith(r"% needs \usepackage{booktabs}")
+    protocols = protocol_table(df, "latex")
+    assert r"\begin{tabular}" in protocols and "| m |" not in protocols  # not markdown
+    assert "m & 0.5 & 3 & 61.00 & 64.00 & +3.00" in protocols
+    csv = render(leaderboards(df), "csv").splitlines()
+    header, first = csv[0].split(","), csv[1].split(",")
+    assert first[header.index("seeds")] == "3" and first[header.index("runs")] == "3"
+
+
+def test_plot_with_nothing_finished_is_one_error_line(one_error_line, tmp_path) -> None:
+    failed = row("m", "0.5", 0, "", float("nan"), status="failed", error="boom")
+    path = tmp_path / "results.csv"
+    pd.DataFrame([failed]).to_csv(path, index=False)
+    line = one_error_line("plot", str(path), code=1)
+    assert "holds no finished cell to draw" in line
+    assert not (tmp_path / "figures").exists()

@@ -7,7 +7,7 @@
 #   4. every other method, one short cell alone per shape (its seconds per epoch);
 #   5. every method on a MOSEI-sized corpus (drawn labels: MOSEI's are not on this disk),
 #      a few epochs, and a grid of 4 comp-ref cells both ways;
-#   6. the paper grid (benchmarks/grids/paper.toml) extrapolated from 2-5.
+#   6. the paper grid (built in: `imerbench grid show paper`) extrapolated from 2-5.
 # The steps run in that order within BUDGET seconds (on a GPU 540 by default: one device
 # call is at most 600 s); a step that would pass the budget is cut short (what it measured is
 # kept) and the ones after it are skipped. Output: $OUT/speed-*.txt, $OUT/speed-record.jsonl

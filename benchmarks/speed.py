@@ -30,7 +30,7 @@ With `--record FILE` each measurement is appended to FILE as it is made; then
 
     python benchmarks/speed.py --extrapolate FILE [FILE ...]
 
-prints the device-hours of the paper grid (`--grid-file`, default benchmarks/grids/paper.toml).
+prints the device-hours of the paper grid (`--grid-file`, default the built-in `paper` grid).
 """
 
 from __future__ import annotations
@@ -575,7 +575,7 @@ def corpus_size(labels: Path, shape: str) -> tuple[int, int]:
     return len(videos), sum(len(u) for u in videos.values())
 
 
-def extrapolate(records: list[dict[str, Any]], grid_path: Path, labels: Path) -> dict[str, float]:
+def extrapolate(records: list[dict[str, Any]], grid_path: str, labels: Path) -> dict[str, float]:
     """The device time of a grid file's cells from measured seconds per epoch: each cell costs
     its method's epochs (its dataset's profile) times the method's seconds per epoch on the
     dataset's shape (else the first like it where the method was measured, scaled by the
@@ -678,8 +678,9 @@ def main() -> None:
         default=None,
         help="only print the paper grid's device time from --record files",
     )
-    paper = Path(__file__).parent / "grids" / "paper.toml"
-    parser.add_argument("--grid-file", type=Path, default=paper, help="for --extrapolate")
+    parser.add_argument(
+        "--grid-file", default="paper", help="for --extrapolate: a grid file or built-in name"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder")
     args = parser.parse_args()

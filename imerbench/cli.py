@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from imerbench.cli_data import FEATURES_HELP, data_app, masks_app
+from imerbench.cli_data import FEATURES_HELP, data_app, grid_app, masks_app
 from imerbench.errors import ImerbenchError, print_error_line
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.add_typer(masks_app, name="masks")
+app.add_typer(grid_app, name="grid")
 # One line per message, never wrapped, also when the output is a file or a pipe (grep-able
 # logs); a terminal still shows the progress bar.
 console = Console(soft_wrap=True)
@@ -57,7 +58,10 @@ _USAGE_ERROR: type[Exception] = next(
 
 @app.command()
 def run(
-    grid_file: Annotated[Path | None, typer.Argument(help="grid .toml (default: quick)")] = None,
+    grid_file: Annotated[
+        str | None,
+        typer.Argument(help="a grid .toml, or a built-in grid: quick (default), paper, ..."),
+    ] = None,
     methods: Annotated[str | None, typer.Option(help="comma list, e.g. early-fusion,comp")] = None,
     datasets: Annotated[str | None, typer.Option(help="comma list of dataset ids")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder of GCNet-layout data")] = None,

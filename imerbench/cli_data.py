@@ -1,4 +1,5 @@
-"""`imerbench data` and `imerbench masks`: the data folders and the stored masks."""
+"""`imerbench data`, `imerbench masks` and `imerbench grid`: the data folders, the stored
+masks and the built-in grids."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from imerbench.errors import ImerbenchError, print_error_line
 
 data_app = typer.Typer(help="Inspect or write datasets in the GCNet layout.")
 masks_app = typer.Typer(help="The stored evaluation masks.")
+grid_app = typer.Typer(help="The built-in grids.")
 FEATURES_HELP = "feature folders, e.g. a=NAME,v=NAME (others: the papers' defaults)"
 
 
@@ -89,3 +91,16 @@ def feature_names(text: str | None) -> dict[str, str] | None:
         return parse_feature_names(text)
     except ImerbenchError as err:
         raise ImerbenchError(f"--features: {err}") from None
+
+
+@grid_app.command("show")
+def grid_show(
+    name: Annotated[str, typer.Argument(help="a built-in grid (quick, paper, ...) or a file")],
+) -> None:
+    """Print a grid as TOML (copy it to start your own); `imerbench list` names them all."""
+    from imerbench.grid_file import grid_from_dict, grid_path, read_grid_table
+
+    path = grid_path(name)
+    grid = grid_from_dict(read_grid_table(path), str(path))  # it must also be valid
+    typer.echo(path.read_text(encoding="utf-8").rstrip())
+    typer.echo(f"# {len(grid.cells())} cells; file: {path}")

@@ -189,11 +189,39 @@ def _no_duplicates(where: str, labels: list[str]) -> None:
         seen.add(label)
 
 
+def builtin_grids() -> dict[str, Path]:
+    """The grids shipped with the package, by name (quick, paper, comp-ablation)."""
+    folder = resources.files("imerbench.grids")
+    return {
+        entry.name[:-5]: Path(str(entry))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".toml")
+    }
+
+
+def grid_path(grid: str | Path) -> Path:
+    """A grid file's path, or a built-in grid's given its name (`imerbench run paper`)."""
+    path = Path(grid)
+    if path.is_file():
+        return path
+    builtin = builtin_grids()
+    if str(grid) in builtin:
+        return builtin[str(grid)]
+    if path.suffix == ".toml" or len(path.parts) > 1:
+        raise ImerbenchError(
+            f"grid file {path} does not exist; pass a .toml grid file or a built-in grid "
+            f"({', '.join(builtin)})"
+        )
+    raise ImerbenchError(
+        f"grid '{grid}' is neither a file nor a built-in grid"
+        f"{did_you_mean(str(grid), builtin)}; built in: {', '.join(builtin)}"
+    )
+
+
 def read_grid_table(path: str | Path) -> dict[str, Any]:
-    """A grid file's raw table; relative `data_root` is resolved against the file's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImerbenchError(f"grid file {path} does not exist; pass a .toml grid file")
+    """A grid file's raw table (a path, or a built-in grid's name); relative `data_root` is
+    resolved against the file's folder."""
+    path = grid_path(path)
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -213,7 +241,7 @@ def load_grid(path: str | Path, **overrides: Any) -> Grid:
 
 
 def default_grid_path() -> Path:
-    return Path(str(resources.files("imerbench.grids").joinpath("quick.toml")))
+    return builtin_grids()["quick"]
 
 
 def default_grid(**overrides: Any) -> Grid:

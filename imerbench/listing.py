@@ -33,8 +33,11 @@ def print_catalog(console: Console) -> None:
     console.print("[bold]grids")
     for entry in sorted(resources.files("imerbench.grids").iterdir(), key=lambda p: p.name):
         if entry.name.endswith(".toml"):
-            console.print(f"  {entry.name[:-5]} (built in)")
-    console.print("  or any grid file: imerbench run benchmarks/grids/paper.toml")
+            console.print(f"  {entry.name[:-5]}")
+    console.print(
+        "  run one by name (imerbench run paper) or any grid file; print one: "
+        "imerbench grid show NAME"
+    )
     console.print("details of one method: imerbench list METHOD")
 
 

@@ -40,14 +40,17 @@ def test_ceilings_can_be_turned_off_and_are_not_added_twice() -> None:
     assert sorted(str(c.mask) for c in grid.cells()) == ["0.0", "a", "t", "v"]
 
 
-def test_benchmarks_quick_grid_mirrors_the_built_in_one() -> None:
-    mirror = tomllib.loads((ROOT / "benchmarks/grids/quick.toml").read_text())
-    builtin = tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
-    assert mirror == builtin
+def test_built_in_grids_run_by_name_and_show_as_toml(run_cli) -> None:
+    assert load_grid("paper").name == "paper" and load_grid("comp-ablation").cells()
+    code, out, _ = run_cli("grid", "show", "quick")
+    assert code == 0
+    shown = tomllib.loads(out)  # the printed text is the grid file itself
+    assert shown == tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
+    assert "183 cells" in out.splitlines()[-1]
 
 
 def test_paper_grid_is_the_published_grid() -> None:
-    grid = load_grid(ROOT / "benchmarks/grids/paper.toml")
+    grid = load_grid("paper")
     assert set(grid.datasets) == {"iemocap4", "iemocap6", "mosi", "mosei"}
     assert [m.rate for m in grid.missing_rates] == [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7]
     assert grid.protocol == "default"

@@ -155,7 +155,7 @@ def test_variants_and_their_options() -> None:
 
 
 def test_ablation_grid_switches_each_fix_off_in_turn() -> None:
-    grid = load_grid(ROOT / "benchmarks" / "grids" / "comp-ablation.toml")
+    grid = load_grid("comp-ablation")
     switched = [dict(m.overrides) for m in grid.methods if m.name == "comp" and m.overrides]
     assert sorted(k for o in switched for k in o) == sorted(FIXES)
     assert all(list(o.values()) == [False] for o in switched)

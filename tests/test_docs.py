@@ -93,3 +93,11 @@ def test_readme_example_dataset_registers_and_loads(tmp_path: Path) -> None:
             load_dataset("my-dataset")
     finally:
         unregister_dataset("my-dataset")
+
+
+def test_readme_lists_every_grid_key() -> None:
+    from imerbench.grid_file import GRID_KEYS
+
+    readme = (ROOT / "README.md").read_text()
+    for key in GRID_KEYS:
+        assert f"| `{key}` |" in readme, key

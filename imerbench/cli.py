@@ -267,8 +267,9 @@ def table(
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
     from imerbench.convergence import convergence_table
-    from imerbench.leaderboard import leaderboards, protocol_table, render
+    from imerbench.leaderboard import leaderboards, render
     from imerbench.paper_table import paper_tables
+    from imerbench.protocol_table import protocol_table
     from imerbench.results import read_results, separate_configurations
 
     if fmt not in ("md", "latex", "csv"):

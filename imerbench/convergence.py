@@ -7,9 +7,8 @@ from __future__ import annotations
 import pandas as pd
 
 from imerbench.stopping import CAP, FIXED, PLATEAU
+from imerbench.tables import render_rows
 
-# The first line of every LaTeX table: what it needs in the preamble.
-LATEX_PACKAGES = r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)"
 NOT_CONVERGED_MARK = "§"  # some runs behind this score stopped at their cap, still improving
 CELL_KEYS = ["method", "dataset", "fold", "mask", "seed", "config_hash"]
 
@@ -94,26 +93,3 @@ def convergence_table(df: pd.DataFrame, fmt: str = "md") -> str:
         lines += render_rows(caption, header, table, fmt)
         lines.append("")
     return "\n".join(lines).rstrip()
-
-
-def render_rows(caption: str, header: list[str], rows: list[list[str]], fmt: str) -> list[str]:
-    """A small table as markdown or LaTeX (booktabs)."""
-    if fmt == "latex":
-
-        def tex(text: str) -> str:
-            return text.replace("%", r"\%").replace("_", r"\_").replace("`", "")
-
-        out = [
-            LATEX_PACKAGES,
-            r"\begin{table}[t]",
-            r"\centering",
-            rf"\begin{{tabular}}{{l{'r' * (len(header) - 1)}}}",
-        ]
-        out += [r"\toprule", " & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
-        out += [" & ".join(tex(c) for c in row) + r" \\" for row in rows]
-        out += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{tex(caption)}}}", r"\end{table}"]
-        return out
-    out = [f"### {caption}", "", "| " + " | ".join(header) + " |"]
-    out.append("|---|" + "---:|" * (len(header) - 1))
-    out += ["| " + " | ".join(row) + " |" for row in rows]
-    return out

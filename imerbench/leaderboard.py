@@ -21,10 +21,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from imerbench.analysis import is_rate, primary_rows
-from imerbench.convergence import LATEX_PACKAGES, NOT_CONVERGED_MARK, not_converged
+from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
 from imerbench.stats import holm, paired_t, summary
+from imerbench.tables import latex_open
 
 ALPHA = 0.05
 FAILED_MARK = "‡"  # some runs behind this score failed
@@ -162,13 +163,7 @@ class Leaderboard:
             return text.replace(NOT_CONVERGED_MARK, r"\S{}")
 
         cols = "l" + "r" * len(self.rates)
-        lines = [
-            LATEX_PACKAGES,
-            r"\begin{table}[t]",
-            r"\centering",
-            rf"\begin{{tabular}}{{{cols}}}",
-            r"\toprule",
-        ]
+        lines = latex_open(cols)
         lines.append("Method & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
         lines.append(r"\midrule")
         for label, texts, best, worse in self.rows():
@@ -345,65 +340,3 @@ def render(boards: list[Leaderboard], fmt: str = "md") -> str:
         df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return df.to_csv(index=False, lineterminator="\n")
     raise ValueError(f"unknown format {fmt}")
-
-
-def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
-    """Per method, dataset and MR: the val score, the test-oracle score and the inflation
-    (oracle - val) with its 95% interval over seeds."""
-    from imerbench.analysis import protocol_gap
-
-    gap = protocol_gap(df)
-    if gap.empty:
-        return "no cell has both val and test-oracle rows"
-    gap = gap[gap["mask"].map(is_rate)].sort_values(["dataset", "method", "missing_rate"])
-    if fmt == "csv":
-        return gap.to_csv(index=False, lineterminator="\n")
-    capped = not_converged(df)
-    if fmt == "latex":
-        return protocol_latex(gap, capped)
-    lines = []
-    for dataset, rows in gap.groupby("dataset"):
-        metric = resolve_dataset(dataset).primary_metric
-        lines += [
-            f"### {dataset}: {metric} (%), val selection vs best test epoch (means over "
-            "seeds; inflation: test-oracle minus val, with its 95% confidence interval over "
-            "the seeds, t distribution; § some runs stopped at their epoch cap)",
-            "",
-            "| method | MR | seeds | val | test-oracle | inflation | 95% CI |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for r in rows.itertuples():
-            low, high = (r.inflation - r.ci95) * 100, (r.inflation + r.ci95) * 100
-            ci = "-" if math.isnan(r.ci95) else f"[{low:+.2f}, {high:+.2f}]"
-            mark = f" {NOT_CONVERGED_MARK}" if (r.method, dataset, r.mask) in capped else ""
-            lines.append(
-                f"| {r.method}{mark} | {r.missing_rate:g} | {r.seeds} | {r.val * 100:.2f} | "
-                f"{r.test_oracle * 100:.2f} | {r.inflation * 100:+.2f} | {ci} |"
-            )
-        lines.append("")
-    return "\n".join(lines).rstrip()
-
-
-def protocol_latex(gap: pd.DataFrame, capped: set[tuple[str, str, str]]) -> str:
-    """`protocol_table` as LaTeX (booktabs), one table per dataset."""
-    from imerbench.convergence import render_rows
-
-    out: list[str] = []
-    header = ["method", "MR", "seeds", "val", "test-oracle", "inflation", "95% CI"]
-    for dataset, rows in gap.groupby("dataset"):
-        metric = resolve_dataset(dataset).primary_metric
-        table = []
-        for r in rows.itertuples():
-            low, high = (r.inflation - r.ci95) * 100, (r.inflation + r.ci95) * 100
-            mark = r" \S{}" if (r.method, dataset, r.mask) in capped else ""
-            ci = "-" if math.isnan(r.ci95) else f"[{low:+.2f}, {high:+.2f}]"
-            table.append(
-                [f"{r.method}{mark}", f"{r.missing_rate:g}", str(r.seeds), f"{r.val * 100:.2f}",
-                 f"{r.test_oracle * 100:.2f}", f"{r.inflation * 100:+.2f}", ci]
-            )  # fmt: skip
-        caption = (
-            f"{dataset}: {metric} (%), val selection vs best test epoch; inflation: test-oracle "
-            "minus val, 95% confidence interval over the seeds (t distribution)"
-        )
-        out += [*render_rows(caption, header, table, "latex"), ""]
-    return "\n".join(out).rstrip()

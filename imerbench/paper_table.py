@@ -15,11 +15,11 @@ from importlib import resources
 
 import pandas as pd
 
-from imerbench.convergence import LATEX_PACKAGES
 from imerbench.data import resolve_dataset
 from imerbench.leaderboard import FAILED_MARK, Leaderboard, leaderboards
 from imerbench.metrics import METRICS
 from imerbench.registry import list_methods, method_info
+from imerbench.tables import latex_open
 
 # The ComP paper's metric names, and ours.
 PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
@@ -144,13 +144,7 @@ class PaperTable:
             return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text).replace("α", r"$\alpha$")
 
         cols = "ll" + "r" * len(self.rates)
-        lines = [
-            LATEX_PACKAGES,
-            r"\begin{table}[t]",
-            r"\centering",
-            rf"\begin{{tabular}}{{{cols}}}",
-            r"\toprule",
-        ]
+        lines = latex_open(cols)
         lines.append("Method & Selection & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
         lines.append(r"\midrule")
         previous = None

@@ -14,9 +14,9 @@ import pandas as pd
 from imerbench import __version__
 from imerbench.analysis import is_rate, modality_gap, under_optimization, without_ceilings
 from imerbench.convergence import convergence_table
-from imerbench.leaderboard import protocol_table
 from imerbench.paper_table import paper_tables
 from imerbench.plots import plot_all
+from imerbench.protocol_table import protocol_table
 
 
 def _table_html(markdown: str) -> str:

@@ -17,8 +17,9 @@ from imerbench.analysis import (
 )
 from imerbench.convergence import convergence_table
 from imerbench.grid_file import grid_from_dict
-from imerbench.leaderboard import leaderboards, protocol_table, render
+from imerbench.leaderboard import leaderboards, render
 from imerbench.paper_table import paper_numbers, paper_tables
+from imerbench.protocol_table import protocol_table
 from imerbench.report import write_report
 from imerbench.results import COLUMNS, read_results
 from imerbench.runner import RunOptions, run_grid

@@ -25,7 +25,7 @@ from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
 from imerbench.stats import holm, paired_t, summary
-from imerbench.tables import latex_open
+from imerbench.tables import latex_open, tex
 
 ALPHA = 0.05
 FAILED_MARK = "‡"  # some runs behind this score failed
@@ -157,11 +157,6 @@ class Leaderboard:
         return "\n".join(lines)
 
     def to_latex(self) -> str:
-        def tex(text: str) -> str:
-            text = text.replace("±", r"$\pm$").replace("_", r"\_").replace("%", r"\%")
-            text = text.replace(FAILED_MARK, r"$^\ddagger$")
-            return text.replace(NOT_CONVERGED_MARK, r"\S{}")
-
         cols = "l" + "r" * len(self.rates)
         lines = latex_open(cols)
         lines.append("Method & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")

@@ -9,7 +9,6 @@ not report gets one line saying so, then its leaderboard.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -19,7 +18,7 @@ from imerbench.data import resolve_dataset
 from imerbench.leaderboard import FAILED_MARK, Leaderboard, leaderboards
 from imerbench.metrics import METRICS
 from imerbench.registry import list_methods, method_info
-from imerbench.tables import latex_open
+from imerbench.tables import latex_open, tex
 
 # The ComP paper's metric names, and ours.
 PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
@@ -138,11 +137,6 @@ class PaperTable:
         return "\n".join(lines)
 
     def to_latex(self) -> str:
-        def tex(text: str) -> str:
-            text = text.replace("±", r"$\pm$").replace("%", r"\%").replace("_", r"\_")
-            text = text.replace("†", r"$^\dagger$").replace(FAILED_MARK, r"$^\ddagger$")
-            return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text).replace("α", r"$\alpha$")
-
         cols = "ll" + "r" * len(self.rates)
         lines = latex_open(cols)
         lines.append("Method & Selection & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")

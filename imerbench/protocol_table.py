@@ -57,7 +57,7 @@ def protocol_latex(gap: pd.DataFrame, capped: set[tuple[str, str, str]]) -> str:
         table = []
         for r in rows.itertuples():
             low, high = (r.inflation - r.ci95) * 100, (r.inflation + r.ci95) * 100
-            mark = r" \S{}" if (r.method, dataset, r.mask) in capped else ""
+            mark = f" {NOT_CONVERGED_MARK}" if (r.method, dataset, r.mask) in capped else ""
             ci = "-" if math.isnan(r.ci95) else f"[{low:+.2f}, {high:+.2f}]"
             table.append(
                 [f"{r.method}{mark}", f"{r.missing_rate:g}", str(r.seeds), f"{r.val * 100:.2f}",

@@ -2,8 +2,29 @@
 
 from __future__ import annotations
 
+import re
+
 # The first line of every LaTeX table: what it needs in the preamble.
 LATEX_PACKAGES = r"% needs \usepackage{booktabs} (\toprule, \midrule, \bottomrule)"
+
+
+# Plain-text marks as LaTeX, applied after escaping LaTeX's special characters.
+_MARKS = {
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+    "‡": r"$^\ddagger$",
+    "§": r"\S{}",
+    "α": r"$\alpha$",
+}
+
+
+def tex(text: str) -> str:
+    """A cell or caption written for markdown, as LaTeX: `%`, `_`, `&`, `#` escaped, the
+    marks (±, daggers, §, α) as math, `code` as \texttt."""
+    text = re.sub(r"([%_&#])", r"\\\1", text)
+    for mark, latex in _MARKS.items():
+        text = text.replace(mark, latex)
+    return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
 
 
 def latex_open(columns: str) -> list[str]:
@@ -20,10 +41,6 @@ def latex_open(columns: str) -> list[str]:
 def render_rows(caption: str, header: list[str], rows: list[list[str]], fmt: str) -> list[str]:
     """A small table as markdown or LaTeX, its first column left-aligned, the rest right."""
     if fmt == "latex":
-
-        def tex(text: str) -> str:
-            return text.replace("%", r"\%").replace("_", r"\_").replace("`", "")
-
         out = latex_open("l" + "r" * (len(header) - 1))
         out += [" & ".join(tex(h) for h in header) + r" \\", r"\midrule"]
         out += [" & ".join(tex(c) for c in row) + r" \\" for row in rows]

@@ -252,6 +252,10 @@ def test_tables_paste_into_latex_and_csv_counts_are_integers() -> None:
     df = pd.DataFrame(rows)
     latex = render(leaderboards(df), "latex")
     assert latex.splitlines()[0].startswith(r"% needs \usepackage{booktabs}")
+    caption = next(line for line in latex.splitlines() if line.startswith(r"\caption"))
+    for raw in ("`", "†", "±", "α"):  # one convention: LaTeX's, in the caption too
+        assert raw not in caption, raw
+    assert r"\texttt{val}" in caption and r"$^\dagger$" in caption and r"$\alpha$" in caption
     protocols = protocol_table(df, "latex")
     assert r"\begin{tabular}" in protocols and "| m |" not in protocols  # not markdown
     assert "m & 0.5 & 3 & 61.00 & 64.00 & +3.00" in protocols

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import socket
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -331,30 +332,51 @@ def _live_holder(path: Path, text: str) -> Claim | None:
     return claim if _pid_alive(claim.pid, claim.pid_start) else None
 
 
+def _create_whole(path: Path, text: str) -> bool:
+    """Create `path` holding `text`, or return False if it exists. The text is written to a
+    temporary file first and hard-linked into place, so a reader never finds the claim
+    empty (on a file system without hard links: created empty with O_EXCL, then written)."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:
+            pass  # no hard links here
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+    return True
+
+
 def claim_cell(cell_dir: Path) -> Claim | None:
     """Claim a cell for this process. None: this process holds it now; else the live
     process that does.
 
-    The claim file is created with O_CREAT|O_EXCL, so of two processes one wins. A stale
+    The claim file is created whole and exclusively (`_create_whole`), so of two processes
+    one wins, and the other reads who. A stale
     claim is taken over under the cell's lock, and only if it is still the same file
     content after the lock is held (another process may have taken it over meanwhile).
     """
     path = cell_dir / CLAIM_FILE
     mine = Claim.mine()
     for _ in range(10):
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            pass
-        else:
+        if _create_whole(path, mine.to_text()):
             _HELD.add(path)
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    fh.write(mine.to_text())
-            except BaseException:
-                _HELD.discard(path)
-                path.unlink(missing_ok=True)
-                raise
             return None
         text = _read_claim_text(path)
         if text is None:

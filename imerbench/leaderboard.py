@@ -25,7 +25,7 @@ from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
 from imerbench.stats import holm, paired_t, summary
-from imerbench.tables import latex_open, tex
+from imerbench.tables import latex_open, score_cells, tex
 
 ALPHA = 0.05
 FAILED_MARK = "‡"  # some runs behind this score failed
@@ -146,10 +146,7 @@ class Leaderboard:
         lines.append("| method | " + " | ".join(f"MR {r:g}" for r in self.rates) + " |")
         lines.append("|---|" + "---:|" * len(self.rates))
         for label, texts, best, worse in self.rows():
-            cells = [
-                (f"**{t}**" if b else t) + (" †" if w else "")
-                for t, b, w in zip(texts, best, worse, strict=True)
-            ]
+            cells = score_cells(texts, best, worse, "md")
             name = f"*{label}*" if label == "Bayes limit" else label
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         if self.failures:
@@ -162,10 +159,7 @@ class Leaderboard:
         lines.append("Method & " + " & ".join(f"MR {r:g}" for r in self.rates) + r" \\")
         lines.append(r"\midrule")
         for label, texts, best, worse in self.rows():
-            cells = [
-                (rf"\textbf{{{tex(t)}}}" if b else tex(t)) + (r"$^\dagger$" if w else "")
-                for t, b, w in zip(texts, best, worse, strict=True)
-            ]
+            cells = score_cells(texts, best, worse, "latex")
             lines.append(tex(label) + " & " + " & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}"]
         for note in self.notes():

@@ -18,7 +18,7 @@ from imerbench.data import resolve_dataset
 from imerbench.leaderboard import FAILED_MARK, Leaderboard, leaderboards
 from imerbench.metrics import METRICS
 from imerbench.registry import list_methods, method_info
-from imerbench.tables import latex_open, tex
+from imerbench.tables import latex_open, score_cells, tex
 
 # The ComP paper's metric names, and ours.
 PAPER_METRICS = {"acc": "wa", "ua": "ua", "acc2_nonzero": "acc2", "f1_weighted_nonzero": "f1"}
@@ -128,10 +128,7 @@ class PaperTable:
         lines.append("| method | selection | " + " | ".join(f"MR {r:g}" for r in self.rates) + " |")
         lines.append("|---|---|" + "---:|" * len(self.rates))
         for label, protocol, texts, best, worse in self.rows():
-            cells = [
-                (f"**{t}**" if b else t) + (" †" if w else "")
-                for t, b, w in zip(texts, best, worse, strict=True)
-            ]
+            cells = score_cells(texts, best, worse, "md")
             name = f"*{label}*" if protocol == PUBLISHED else label
             lines.append(f"| {name} | {protocol} | " + " | ".join(cells) + " |")
         return "\n".join(lines)
@@ -146,10 +143,7 @@ class PaperTable:
             if previous is not None and (protocol == "val") != (previous == "val"):
                 lines.append(r"\midrule")
             previous = protocol
-            cells = [
-                (rf"\textbf{{{tex(t)}}}" if b else tex(t)) + (r"$^\dagger$" if w else "")
-                for t, b, w in zip(texts, best, worse, strict=True)
-            ]
+            cells = score_cells(texts, best, worse, "latex")
             lines.append(f"{tex(label)} & {tex(protocol)} & " + " & ".join(cells) + r" \\")
         lines += [r"\bottomrule", r"\end{tabular}", rf"\caption{{{tex(self.caption())}}}"]
         return "\n".join([*lines, r"\end{table}"])

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from imerbench.claims import release_claim
 from imerbench.compute import (
     CellReport,
     CellResult,
@@ -43,7 +44,6 @@ from imerbench.devices import limit_device_memory, resolve_device
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Grid
 from imerbench.plan import PlannedCell, RunOptions, Stack
-from imerbench.results import release_claim
 from imerbench.write import MERGE_INTERVAL_S, claim_stack, write_result
 
 RAY_MAX_RETRIES = 3  # restarts of a cell whose worker died (so at most 4 attempts)

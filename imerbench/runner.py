@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from imerbench.claims import remove_stale_claim
 from imerbench.compute import CellReport, Workspace
 from imerbench.devices import resolve_device
 from imerbench.errors import ImerbenchError
@@ -18,7 +19,7 @@ from imerbench.execute import Executor, PoolExecutor, SerialExecutor
 from imerbench.grid import Grid
 from imerbench.plan import EXECUTORS, Plan, RunOptions, plan_grid
 from imerbench.ray_executor import RayExecutor, require_ray
-from imerbench.results import ResultStore, remove_stale_claim
+from imerbench.results import ResultStore
 from imerbench.write import MERGE_INTERVAL_S, writes_checked
 
 

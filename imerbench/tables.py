@@ -27,6 +27,19 @@ def tex(text: str) -> str:
     return re.sub(r"`([^`]*)`", r"\\texttt{\1}", text)
 
 
+def score_cells(texts: list[str], best: list[bool], worse: list[bool], fmt: str) -> list[str]:
+    """A row's scores as cells: the best bold, the significantly worse marked †."""
+    if fmt == "latex":
+        return [
+            (rf"\textbf{{{tex(t)}}}" if b else tex(t)) + (r"$^\dagger$" if w else "")
+            for t, b, w in zip(texts, best, worse, strict=True)
+        ]
+    return [
+        (f"**{t}**" if b else t) + (" †" if w else "")
+        for t, b, w in zip(texts, best, worse, strict=True)
+    ]
+
+
 def latex_open(columns: str) -> list[str]:
     """The lines that open a LaTeX table (`columns`: the tabular's spec, e.g. `lrr`)."""
     return [

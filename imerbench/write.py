@@ -1,7 +1,7 @@
 """Writing cells: claim their folders, compute them, write their files and then their rows
 (from then on a cell counts as done); a disk that refuses a write stops the run with one line.
 
-A process claims a cell before training it (`<cell>/claim`, see `results.claim_cell`), so
+A process claims a cell before training it (`<cell>/claim`, see `claims.claim_cell`), so
 runs sharing an output folder never train one cell twice; the claim of a process that died
 is stale and taken over. Claims are per cell, also for cells computed as one stack."""
 
@@ -13,11 +13,12 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from imerbench.claims import claim_cell, release_claim
 from imerbench.compute import CellReport, CellResult, Workspace, compute_stack, log_line
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write
 from imerbench.plan import PlannedCell, RunOptions, Stack
-from imerbench.results import ResultStore, claim_cell, release_claim
+from imerbench.results import ResultStore
 
 MERGE_INTERVAL_S = 30.0  # how often a running grid rebuilds results.csv
 

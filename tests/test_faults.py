@@ -26,7 +26,8 @@ import pytest
 import torch
 from processes import KEY, TOKEN_VAR, claims_under, cli, wait_for_no_orphans
 
-from imerbench import files, results
+from imerbench import claims, files
+from imerbench.claims import Claim, _process_start, claim_cell, release_claim
 from imerbench.compute import CellReport
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Grid
@@ -35,15 +36,7 @@ from imerbench.leaderboard import leaderboards, render
 from imerbench.method import Method, Param
 from imerbench.plan import RunOptions, config_hash, plan_cell
 from imerbench.registry import register_method, unregister_method
-from imerbench.results import (
-    COLUMNS,
-    Claim,
-    ResultStore,
-    _process_start,
-    claim_cell,
-    read_results,
-    release_claim,
-)
+from imerbench.results import COLUMNS, ResultStore, read_results
 from imerbench.runner import run_grid
 
 HOST = socket.gethostname()
@@ -102,7 +95,7 @@ def test_claim_rules_live_dead_reused_remote_and_torn(tmp_path: Path) -> None:
     path.write_text("")  # created, content not yet written (or its writer was killed)
     holder = claim_cell(cell)
     assert holder is not None and holder.describe() == "pid unknown"
-    old = time.time() - 2 * results.TORN_CLAIM_AGE_S
+    old = time.time() - 2 * claims.TORN_CLAIM_AGE_S
     os.utime(path, (old, old))
     assert claim_cell(cell) is None  # torn long ago: stale
     release_claim(cell)

@@ -9,15 +9,32 @@ reconstructs the full input, trained on the MISSING entries only.
 
 Graphs are dense per-relation adjacencies [B, R, L, L] within each dialogue of the batch: an
 edge can neither cross dialogues (each row of the batch is one dialogue) nor touch padding.
-The BiLSTMs read each dialogue within its length, so padding never reaches a real utterance.
 
-Where the released code and the paper differ we follow the code and say so: the graph layers'
-width is `graph_hidden` (the code uses hidden // 2), and the optional nodal attention
-(`--time-attn`, off in most published runs) is left out.
+Against the released code (zeroQiaoba/GCNet 8cce4a0, `gcnet/model.py`, `graph.py`), with its
+weights copied in (`convert_released_state_dict`) the outputs, graphs and loss are equal
+(`tests/test_gcnet.py`, on dialogues of equal length). What differs:
+- the released BiLSTMs run over the padded batch, so their backward direction reads padding
+  before a shorter dialogue's last utterance; ours read each dialogue within its length;
+- windows: the released `--windowp P --windowf F` builds edges from utterance j to every i in
+  [j - P, j + F], so a receiver hears F earlier and P later utterances: it equals
+  `window_past=F, window_future=P` here (our names say what a receiver hears). The published
+  runs use symmetric windows, which the swap leaves unchanged;
+- the released model also builds an unused GRU and, per graph, the nodal-attention module (an
+  option, `--time-attn`, used in part of the published runs; not offered here yet): 34.1M
+  parameters against our 28.1M at hidden 200 on 512/1024/1024 inputs with 4 classes;
+- the graph layers' width is `graph_hidden` (the code: hidden // 2, the default here);
+- the released reconstruction loss flattens the padding mask batch-major against
+  sequence-major features, so padded rows of a dialogue can count and real ones drop out;
+  ours covers the missing entries of the real utterances (`reconstruction_loss`);
+- masks: the harness's shared masks, not a CPM-Nets draw per batch; selection: the harness's
+  (the released code keeps the epoch of the best weighted F1 on its "val" loader, which on
+  IEMOCAP is the test fold: `test-oracle` on `wf1`).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -104,21 +121,28 @@ def reverse_within(valid: Tensor) -> Tensor:
     return torch.where(pos < n, n - 1 - pos, pos)
 
 
-class DialogueLSTM(nn.Module):
-    """A BiLSTM (2 layers in GCNet) over each dialogue's real utterances; padding never
-    reaches them.
+RNN_CELLS: dict[str, type[nn.LSTM] | type[nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
+
+
+class DialogueRNN(nn.Module):
+    """A bidirectional LSTM or GRU (2 layers in GCNet and SDR-GNN) over each dialogue's real
+    utterances; padding never reaches them.
 
     The backward direction runs forward over each dialogue reversed within its length, so the
     padding stays at the end, after every real utterance. Same parameters and computation as
-    a bidirectional `nn.LSTM` on packed sequences, about twice as fast on CPU (packed
-    sequences' backward pass allocates a full-size gradient per time step).
+    a bidirectional `nn.LSTM`/`nn.GRU` on packed sequences (layer k's `_reverse` weights are
+    `backward_rnn[k]`'s), about twice as fast on CPU (packed sequences' backward pass
+    allocates a full-size gradient per time step).
     """
 
-    def __init__(self, dim_in: int, hidden: int, dropout: float, layers: int = 2) -> None:
+    def __init__(
+        self, dim_in: int, hidden: int, dropout: float, layers: int = 2, cell: str = "lstm"
+    ) -> None:
         super().__init__()
+        rnn = RNN_CELLS[cell]
         dims = [dim_in] + [2 * hidden] * (layers - 1)
-        self.forward_rnn = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims)
-        self.backward_rnn = nn.ModuleList(nn.LSTM(d, hidden, batch_first=True) for d in dims)
+        self.forward_rnn = nn.ModuleList(rnn(d, hidden, batch_first=True) for d in dims)
+        self.backward_rnn = nn.ModuleList(rnn(d, hidden, batch_first=True) for d in dims)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, valid: Tensor) -> Tensor:
@@ -152,7 +176,7 @@ class GraphBranch(nn.Module):
         self.conv1 = RelationalGraphConv(dim, graph_hidden, relations)
         self.conv2 = SumGraphConv(graph_hidden, graph_hidden)
         joint = dim + graph_hidden
-        self.lstm = DialogueLSTM(joint, joint, dropout, rnn_layers)
+        self.lstm = DialogueRNN(joint, joint, dropout, rnn_layers)
         self.linear = nn.Linear(2 * joint, joint)
         self.act = nn.ReLU()
 
@@ -183,7 +207,7 @@ class GCNetNet(nn.Module):
         self.num_speakers = max(spec.num_speakers, 1)
         self.window = (window_past, window_future)
         dim_in = sum(self.widths)
-        self.lstm = DialogueLSTM(dim_in, hidden, dropout, rnn_layers)
+        self.lstm = DialogueRNN(dim_in, hidden, dropout, rnn_layers)
         relations = (TEMPORAL_RELATIONS, self.num_speakers**2)
         self.temporal, self.speaker = (
             GraphBranch(2 * hidden, graph_hidden, r, dropout, rnn_layers) for r in relations
@@ -227,6 +251,72 @@ def reconstruction_loss(
         err = torch.where(keep, part - target[m], torch.zeros_like(part))
         total = total + (err**2).sum() / width
     return total / valid.sum().clamp(min=1).to(recon.dtype)
+
+
+# ---- released weights ---------------------------------------------------------------------------
+TEMPORAL_NAMES = {"past": 0, "now": 1, "future": 2}  # released name -> our relation id
+RNN_WEIGHT = re.compile(r"(weight|bias)_(ih|hh)_l(\d+)(_reverse)?$")
+RELEASED_NAMES = {
+    "smax_fc": "head",
+    "linear_rec": "reconstruct",
+    "graph_net_temporal": "temporal",
+    "graph_net_speaker": "speaker",
+    "grufusion": "lstm",  # an LSTM in the released GCNet, despite its name
+    "lin_rel": "rel",
+    "lin_root": "root",
+}
+UNUSED = re.compile(r"gru\.|.*\.matchatt\.")
+
+
+def released_relation_id(graph: str, name: str) -> int:
+    """Our relation id of a released relation name: temporal 'past' (the sender is earlier),
+    'now', 'future'; speaker 'xy' (receiver x, sender y) is 2x + y (one speaker: '00', 0)."""
+    if graph == "temporal":
+        return TEMPORAL_NAMES[name]
+    return 2 * int(name[0]) + int(name[1])
+
+
+def convert_graph_state_dict(
+    state: Mapping[str, Tensor],
+    relation_order: Mapping[str, list[str]],
+    names: Mapping[str, str],
+    unused: re.Pattern[str],
+) -> dict[str, Tensor]:
+    """A released GCNet-family state dict under our names (GCNet and SDR-GNN share the
+    layout): name segments renamed by `names`, `unused` ones dropped, each bidirectional RNN
+    split into `DialogueRNN`'s directions, and each R-GCN's [R, in, out] weight (relations in
+    the released ids' order, `relation_order`) turned into our one Linear."""
+    out: dict[str, Tensor] = {}
+    for name, value in state.items():
+        if unused.match(name):
+            continue
+        name = ".".join(names.get(part, part) for part in name.split("."))
+        rnn = RNN_WEIGHT.search(name)
+        graph, _, rest = name.partition(".")
+        if rnn is not None:
+            kind, gate, layer, reverse = rnn.groups()
+            side = "backward_rnn" if reverse else "forward_rnn"
+            out[f"{name[: rnn.start()]}{side}.{layer}.{kind}_{gate}_l0"] = value
+        elif rest == "conv1.weight":
+            order = [released_relation_id(graph, n) for n in relation_order[graph]]
+            ours = value[torch.argsort(torch.tensor(order))]  # [R, in, out] in our order
+            out[f"{graph}.conv1.rel.weight"] = ours.transpose(1, 2).reshape(-1, value.shape[1])
+        elif rest == "conv1.root":
+            out[f"{graph}.conv1.root.weight"] = value.T
+        elif rest == "conv1.bias":
+            out[f"{graph}.conv1.root.bias"] = value
+        else:
+            out[name] = value
+    return out
+
+
+def convert_released_state_dict(
+    state: Mapping[str, Tensor], relation_order: Mapping[str, list[str]]
+) -> dict[str, Tensor]:
+    """A state dict of the released GCNet `GraphModel` (base LSTM, no nodal attention) under
+    our names; `relation_order` lists each graph's relation names in the order of the
+    released ids (it depends on the hash seed of the process that built the edges)."""
+    return convert_graph_state_dict(state, relation_order, RELEASED_NAMES, UNUSED)
 
 
 @register_method("gcnet", paper_name="GCNet")

@@ -12,7 +12,7 @@ import pytest
 from imerbench.errors import ImerbenchError
 from imerbench.grid import parse_method_ref
 from imerbench.grid_file import default_grid, grid_from_dict, load_grid
-from imerbench.registry import create_method, list_methods
+from imerbench.registry import create_method, list_methods, method_info
 from imerbench.results import read_results
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,10 @@ def test_built_in_grids_run_by_name_and_show_as_toml(run_cli) -> None:
     assert code == 0
     shown = tomllib.loads(out)  # the printed text is the grid file itself
     assert shown == tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
-    assert "183 cells" in out.splitlines()[-1]
+    # 4 rates x 3 seeds per method, plus a, t and v x 3 seeds per multimodal method
+    methods = list_methods()
+    multimodal = [m for m in methods if method_info(m).role != "ceiling"]
+    assert f"{12 * len(methods) + 9 * len(multimodal)} cells" in out.splitlines()[-1]
 
 
 def test_paper_grid_is_the_published_grid() -> None:

@@ -8,11 +8,13 @@ import pytest
 import torch
 from imerbench.methods.gcnet import (
     GCNetNet,
+    convert_released_state_dict,
     reconstruction_loss,
     speaker_relations,
     temporal_relations,
     window_adjacency,
 )
+from released_graphs import released_model, zero_filled
 from tiny_corpus import tiny_corpus
 
 from imerbench.data import Batch, SplitData
@@ -205,3 +207,57 @@ def test_training_loss_targets_the_complete_features_at_missing_entries() -> Non
     assert moved.item() > base.item()
     with pytest.raises(ValueError, match="complete"):
         method.loss(model, out, batch.replace(complete=None), "train")
+
+
+# ---- the released model ------------------------------------------------------------------------
+def test_gcnet_outputs_equal_the_released_model() -> None:
+    """The fixture holds a released GCNet `GraphModel` (zeroQiaoba/GCNet 8cce4a0, base LSTM,
+    no nodal attention) at widths a/t/v 6/8/6, hidden 6, graph width 3, 3 classes, two
+    speakers, --windowp 2 --windowf 1 (asymmetric: it checks that a receiver hears F = 1
+    earlier and P = 2 later utterances), dropout 0.5; a batch of 3 dialogues of 7 utterances
+    (random availability and speakers, equal lengths: the released LSTMs read padding, ours
+    do not); its eval-mode logits, reconstruction, each graph's output and the released
+    training loss (CE + reconstruction). Written by
+    `benchmarks/tools/graph_released_fixtures.py gcnet`."""
+    data, model, batch, method = released_model("gcnet", convert_released_state_dict)
+    expected = data["outputs"]
+    with torch.no_grad():
+        out = model(batch, "train")
+        torch.testing.assert_close(out.fused, expected["fused"], rtol=0, atol=1e-5)
+        rec = out.extras["reconstruction"]
+        torch.testing.assert_close(rec, expected["reconstruction"], rtol=0, atol=1e-5)
+        h = model.lstm(zero_filled(batch), batch.valid)
+        past, future = model.window
+        relations = {
+            "temporal": temporal_relations(batch.valid, past, future),
+            "speaker": speaker_relations(batch.speakers, batch.valid, past, future, 2),
+        }
+        for kind, adj in relations.items():
+            branch = getattr(model, kind)(h, adj, batch.valid)
+            torch.testing.assert_close(branch, expected[kind], rtol=0, atol=1e-5)
+        loss = method.loss(model, out, batch, "train")
+    torch.testing.assert_close(loss, data["loss"], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["lstm.forward_rnn.0.weight_ih_l0", "speaker.conv1.rel.weight", "temporal.conv2.root.weight"],
+)
+def test_a_perturbed_gcnet_weight_breaks_the_equality(name: str) -> None:
+    data, model, batch, _ = released_model("gcnet", convert_released_state_dict)
+    with torch.no_grad():
+        model.get_parameter(name).add_(0.1)
+        fused = model(batch, "train").fused
+    assert (fused - data["outputs"]["fused"]).abs().max() > 1e-4  # 10x the tolerance
+
+
+def test_swapped_windows_differ_from_the_released_model() -> None:
+    """Reading --windowp as our window_past (the released flag's name) gives other outputs:
+    the windows are asymmetric, and the equality above needs them swapped."""
+    data, model, batch, _ = released_model(
+        "gcnet", convert_released_state_dict, window_past=2, window_future=1
+    )
+    assert (data["config"]["windowp"], data["config"]["windowf"]) == (2, 1)
+    with torch.no_grad():
+        fused = model(batch, "train").fused
+    assert (fused - data["outputs"]["fused"]).abs().max() > 1e-4

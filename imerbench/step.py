@@ -177,10 +177,13 @@ def member_batches(
     groups: np.ndarray | None,
     fixed: bool,
 ) -> Iterator[Batch]:
-    """A member's training batches of one epoch: its own training mask and data order."""
+    """A member's training batches of one epoch: its own training mask and data order. A
+    method declaring `fixed_train_masks` (MMIN's port draws its masks once) may keep the
+    first epoch's mask for every epoch."""
     train = member.splits["train"]
+    mask_epoch = 0 if method.hp.get("fixed_train_masks", False) else epoch
     mask = train_mask(
-        corpus.name, fold, member.mask, member.seed, epoch, train.num_utterances, groups
+        corpus.name, fold, member.mask, member.seed, mask_epoch, train.num_utterances, groups
     )
     order = rng("order", *stream(corpus, fold, member), epoch).permutation(train.num_dialogues)
     return train.with_mask(mask).batches(

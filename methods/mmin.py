@@ -1,5 +1,5 @@
 """MMIN-style baseline `mmin` (Zhao et al., ACL 2021; facts from AIM3-RUC/MMIN and the
-utterance-level port in zeroQiaoba/GCNet's `baseline-mmin`).
+utterance-level port in zeroQiaoba/GCNet's `baseline-mmin`, 8cce4a0).
 
 Two stages in one run:
 - "teacher": a full-modality model (per-modality encoders + classifier) trained on COMPLETE
@@ -8,17 +8,31 @@ Two stages in one run:
 - "student": per-modality encoders (initialised from the teacher's, as the port does) on the
   zero-filled available inputs, concatenated, into a cascade of residual autoencoders that
   "imagines" the missing modalities' embeddings; the latents of all blocks feed the classifier.
-  Loss = task + 4 * MSE(imagined, teacher embeddings) on the MISSING modalities only
-  + 2 * cycle MSE (a backward autoencoder maps the imagined features back to the input).
-  The teacher is frozen (idle) in this stage.
+  Loss = task + 4 * imagination MSE + 2 * cycle MSE (a backward autoencoder maps the imagined
+  features back to the input). The teacher is frozen (idle) in this stage.
 
-Utterance-level like the port: no dialogue context. Gradients are clipped to norm 5 per
-network and Adam uses beta1 = 0.5, as in the port; its linear learning-rate decay is not
-reproduced (the harness has no schedule hook).
+As the port (`models/mmin_model.py`), by default:
+- the imagination target is the teacher's embedding of the "reverse" input: each modality's
+  true features where it is missing and zeros where it is present; the MSE is the mean over
+  all three modality slots of every real utterance, so it does not vanish at MR 0 (the
+  imagined embedding of a present modality is pulled towards the teacher's embedding of
+  zeros). `imagination_target="missing"` instead covers only the slots of missing modalities,
+  averaged over them (0 when nothing is missing). A modality the dataset never recorded has
+  zeros as its true features in both;
+- every Linear starts from weights N(0, 0.02) and zero biases (the port's `init_net`,
+  `--init_type normal --init_gain 0.02`); `port_init=False` keeps torch's default (the quick
+  profile does: see its comment);
+- gradients are clipped to norm 5 per network and Adam uses beta1 = 0.5.
+The port draws its training masks once per run; here they are redrawn every epoch from the
+cell like every method's, unless `fixed_train_masks=True` (one draw for every epoch). Not
+reproduced: the port's linear learning-rate decay (the harness has no schedule hook).
+Utterance-level like the port: no dialogue context.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from itertools import pairwise
 
 import torch
@@ -30,6 +44,7 @@ from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
 
 TEACHER, STUDENT = "teacher", "student"
+PORT_INIT_STD = 0.02
 
 
 class FcNet(nn.Module):
@@ -121,6 +136,7 @@ class MMINNet(nn.Module):
         cls_layers: tuple[int, ...],
         dropout: float,
         teacher_dropout: float,
+        port_init: bool = True,
     ) -> None:
         super().__init__()
         joint = len(MODALITIES) * embed
@@ -131,6 +147,11 @@ class MMINNet(nn.Module):
         self.imagine = ResidualAutoencoder(joint, ae_layers, blocks)
         self.cycle = ResidualAutoencoder(joint, ae_layers, blocks)
         self.classifier = FcNet(blocks * ae_layers[-1], cls_layers, spec.num_classes, dropout)
+        if port_init:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.normal_(module.weight, 0.0, PORT_INIT_STD)
+                    nn.init.zeros_(module.bias)
 
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
         if stage == TEACHER:
@@ -147,20 +168,47 @@ class MMINNet(nn.Module):
 
 
 def imagination_loss(
-    imagined: Tensor, targets: dict[str, Tensor], missing: Tensor, valid: Tensor
+    imagined: Tensor, targets: dict[str, Tensor], slots: Tensor | None, valid: Tensor
 ) -> Tensor:
-    """MSE between the imagined and the teacher's embeddings, over the entries of MISSING
-    modalities of real utterances only (0 when nothing is missing).
+    """MSE between the imagined and the target embeddings over real utterances: over every
+    modality slot (`slots` None: the port), or over the slots `slots` ([B, L, M] bool) marks,
+    e.g. the missing ones (0 when there is none).
 
-    imagined: [B, L, M*E]; targets: modality -> [B, L, E]; missing: [B, L, M] bool.
+    imagined: [B, L, M*E]; targets: modality -> [B, L, E].
     """
     embed = imagined.shape[-1] // len(MODALITIES)
     parts = imagined.unflatten(-1, (len(MODALITIES), embed))  # [B, L, M, E]
     target = torch.stack([targets[m] for m in MODALITIES], dim=2)  # [B, L, M, E]
-    keep = (missing & valid[..., None])[..., None].expand_as(parts)  # [B, L, M, E]
+    keep = valid[..., None] if slots is None else slots & valid[..., None]  # [B, L, M or 1]
+    keep = keep[..., None].expand_as(parts)  # [B, L, M, E]
     # torch.where: a target outside `keep` cannot reach the loss at all
     err = torch.where(keep, parts - target, torch.zeros_like(parts))
     return masked_mean(err**2, keep)
+
+
+PORT_NETWORKS = {"A": "a", "L": "t", "V": "v"}  # the port's letters -> our modalities
+
+
+def convert_port_state_dict(networks: Mapping[str, Mapping[str, Tensor]]) -> dict[str, Tensor]:
+    """The port's networks (`netA`, `netL`, `netV`, `netAE`, `netAE_cycle`, `netC`, and the
+    teacher's `netA`, `netL`, `netV`, `netC` under `teacher_...`) as our `MMINNet` state dict.
+    The port's FcClassifier keeps (Linear, ReLU, Dropout) triples, as `FcNet` does, when its
+    dropout is above 0."""
+    out: dict[str, Tensor] = {}
+    for net, state in networks.items():
+        owner, _, name = net.rpartition("net")
+        prefix = "teacher." if owner == "teacher_" else ""
+        if name in PORT_NETWORKS:
+            where = f"{prefix}encoders.{PORT_NETWORKS[name]}."
+        elif name == "C":
+            where = f"{prefix}classifier."
+        else:
+            where = {"AE": "imagine.", "AE_cycle": "cycle."}[name]
+        for key, value in state.items():
+            key = re.sub(r"^(encoder|decoder)_(\d+)\.", r"\1s.\2.", key)
+            key = key.replace("module.", "body.").replace("fc_out.", "out.")
+            out[where + key] = value
+    return out
 
 
 @register_method("mmin", paper_name="MMIN")
@@ -178,6 +226,11 @@ class MMIN(Method):
         "imagination_weight": Param(4.0, low=0.0),
         "cycle_weight": Param(2.0, low=0.0),
         "clip_norm": Param(5.0, low=0.0, help="per-network gradient norm clip; 0: off"),
+        "imagination_target": Param(
+            "port", choices=("port", "missing"), help="every slot (port) or missing slots only"
+        ),
+        "port_init": Param(True, help="Linear weights N(0, 0.02), zero biases, as the port"),
+        "fixed_train_masks": Param(False, help="one training mask for every epoch, as the port"),
     }
     # The port: 100 epochs per model (teacher, then student), lr 1e-3, Adam without weight
     # decay, batches of 256 utterances (here in dialogues: about 256 utterances each).
@@ -194,6 +247,10 @@ class MMIN(Method):
             "cls_layers": (64, 64),
             "dropout": 0.1,
             "teacher_dropout": 0.1,
+            # The port's N(0, 0.02) start stalls these small networks for the first epochs,
+            # and the stages end on a plateau before they learn (synthetic MR 0, 3 seeds:
+            # 57.8 +- 5.7 wa against 71.5 +- 0.6 with torch's default initialisation).
+            "port_init": False,
         },
         "iemocap": {
             "epochs": 200,
@@ -245,11 +302,17 @@ class MMIN(Method):
         teacher = model.teacher
         was_training = teacher.training
         teacher.eval()  # a frozen teacher: no dropout in its targets
-        with torch.no_grad():
-            targets = teacher.embed(zero_missing(full))  # m -> [B, L, E]
-        teacher.train(was_training)
         missing = full.available & ~batch.available  # [B, L, M]: recorded but masked
-        imagination = imagination_loss(out.extras["imagined"], targets, missing, batch.valid)
+        port = self.hp["imagination_target"] == "port"
+        # The port's target: the teacher's embedding of the missing modalities' true features
+        # and of zeros where a modality is present; else of the true features, missing only.
+        source = full.replace(available=missing) if port else full
+        with torch.no_grad():
+            targets = teacher.embed(zero_missing(source))  # m -> [B, L, E]
+        teacher.train(was_training)
+        imagined = out.extras["imagined"]
+        slots = None if port else missing
+        imagination = imagination_loss(imagined, targets, slots, batch.valid)
         emb = out.extras["embedding"].detach()
         cycle = masked_mean(((out.extras["cycled"] - emb) ** 2).mean(-1), batch.valid)
         hp = self.hp

@@ -11,7 +11,8 @@ scikit-learn in the tests:
 - regression (`pred` [N] or [N, 1]): `acc2` and `f1` compare (pred > 0) with (target > 0) over
   the utterances whose target is not 0 (the MOSI/MOSEI non-zero convention; `f1` is weighted);
   `mae`, `corr` (Pearson) and `acc7` (round(clip(x, -3, 3)), rounding half to even as numpy
-  does) use every utterance.
+  does) use every utterance; `mae-nz` and `corr-nz` are MAE and correlation over the
+  non-zero targets only, as the released ComP and MoMKE code compute them.
 
 Edge cases: no utterance gives NaN for every metric; constant predictions or targets give a
 NaN correlation (it is undefined; numpy's corrcoef would warn and return NaN too), also when
@@ -134,6 +135,18 @@ def _corr(pred: Tensor, target: Tensor) -> Tensor:
     return torch.where(constant, _nan(pred), r)
 
 
+def _nonzero(fn: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    """`fn` over the utterances whose target is not 0."""
+
+    def restricted(pred: Tensor, target: Tensor) -> Tensor:
+        keep = target != 0
+        if not bool(keep.any()):
+            return _nan(pred)
+        return fn(pred[keep], target[keep])
+
+    return restricted
+
+
 def _acc7(pred: Tensor, target: Tensor) -> Tensor:
     p = torch.round(pred.to(_F64).clamp(-3.0, 3.0))
     t = torch.round(target.to(_F64).clamp(-3.0, 3.0))
@@ -151,6 +164,8 @@ METRICS: dict[str, Metric] = {
         Metric("mae", "regression", False, _mae),
         Metric("corr", "regression", True, _corr),
         Metric("acc7", "regression", True, _acc7),
+        Metric("mae-nz", "regression", False, _nonzero(_mae)),
+        Metric("corr-nz", "regression", True, _nonzero(_corr)),
     )
 }
 

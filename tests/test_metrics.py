@@ -43,6 +43,9 @@ def _sk_regression(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
         "mae": mean_absolute_error(target, pred),
         "corr": pearsonr(pred, target)[0],
         "acc7": float(np.mean(clip7)),
+        # ComP's and MoMKE's released MAE and correlation: non-zero targets only
+        "mae-nz": mean_absolute_error(target[nz], pred[nz]),
+        "corr-nz": pearsonr(pred[nz], target[nz])[0] if nz.sum() >= 2 else math.nan,
     }
 
 
@@ -238,10 +241,18 @@ def test_shape_mismatch_is_an_error() -> None:
 
 def test_registry_and_direction() -> None:
     assert [m.id for m in metrics_for("classification")] == ["wa", "ua", "wf1"]
-    assert [m.id for m in metrics_for("regression")] == ["acc2", "f1", "mae", "corr", "acc7"]
+    assert [m.id for m in metrics_for("regression")] == [
+        "acc2",
+        "f1",
+        "mae",
+        "corr",
+        "acc7",
+        "mae-nz",
+        "corr-nz",
+    ]
     for mid, m in METRICS.items():
         assert m.id == mid
-        assert m.higher_is_better == (mid != "mae")
+        assert m.higher_is_better == (mid not in ("mae", "mae-nz"))
     assert is_better("wa", 0.7, 0.6) and not is_better("wa", 0.6, 0.7)
     assert is_better("mae", 0.6, 0.7) and not is_better("mae", 0.7, 0.6)
     assert not is_better("f1", 0.5, 0.5) and not is_better("mae", 0.5, 0.5)

@@ -274,8 +274,9 @@ class Method:
 
     def prediction_group(self) -> int | None:
         """How many consecutive dialogues of the split (in split order) a prediction depends
-        on, for a model that pools over its batch (e.g. prototypes), as published; None (the
-        default): each dialogue's prediction is its own, and evaluation batches freely."""
+        on, for a model that pools over its batch (e.g. prototypes); grouped in split order,
+        so predictions are deterministic; None (the default): each dialogue's prediction is
+        its own, and evaluation batches freely."""
         return None
 
     def stage_score(

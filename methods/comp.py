@@ -24,8 +24,11 @@ model:
   - `per_dialogue_prototypes` (quirk 4): each utterance is compared with its own dialogue's
     prototypes, so a prediction does not depend on the rest of its batch (the released code
     pools the B * 10 prototypes of the batch). The pooled variant pools per group of
-    `batch_size` consecutive dialogues, which are the released batches; evaluation can then
-    score several groups per batch and still predict what the released model predicts.
+    `batch_size` consecutive dialogues in split order: the released batches have that size,
+    but the released test loader shuffles dialogues, so which dialogues share a pool (and so
+    the released predictions) changes from run to run; ours are grouped in split order on
+    purpose, so a cell's predictions are deterministic. Given the same groups, evaluation
+    can score several groups per batch and predict what the released model predicts.
   - `fix_private_copy` (quirk 6): modality m's private branch reads m's private features (the
     released code feeds the audio private features to all three).
   - `drop_unused_parameters` (quirk 7): the second-layer prototype projectors and the second

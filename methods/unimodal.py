@@ -1,8 +1,12 @@
 """Context-aware unimodal references `unimodal-a`, `unimodal-t`, `unimodal-v`.
 
 One modality, projected and passed through key-masked attention over the dialogue's
-utterances (the shape of one MoMKE expert). They give each modality's ceiling: the score a
-model reaches on that modality alone, against which under-optimization is measured.
+utterances: the attention layers of `imerbench/layers.py` (ExpertStack) that MoMKE's experts
+are made of, but a shallower stack (depth 2, a MoMKE expert has 4) with dropout on the
+attention weights too (a MoMKE expert has none), chosen as a robust reference rather than a
+copy of one expert. They give each modality's ceiling: the score a model reaches on that
+modality alone, against which under-optimization is measured; each multimodal method also
+gets its own ceilings (the grids' `ceilings` key).
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from imerbench.devices import describe_device, resolve_device
 from imerbench.errors import ImerbenchError
 from imerbench.grid import Cell, Grid
 from imerbench.method import Method
-from imerbench.plan import PlannedCell, RunOptions
+from imerbench.plan import PlannedCell, RunOptions, selection_metric
 from imerbench.provenance import code_version, provenance
 from imerbench.results import (
     SCHEMA_VERSION,
@@ -224,6 +224,7 @@ def row_base(cell: Cell, method: Method, digest: str, device: str, attempts: int
         "code_version": code_version(),
         "attempts": attempts,
         **method.info.columns(),
+        "selected_on": selection_metric(cell, method),
     }
 
 
@@ -257,7 +258,6 @@ def compute_stack(
     stack has been started, this time included."""
     first = stack[0]
     method, cell = first.method, first.cell
-    info = resolve_dataset(cell.dataset)
     device = describe_device(ws.device)
     precision = ws.grid.precision
     beside = f", in a stack of {len(stack)}" if len(stack) > 1 else ""
@@ -275,7 +275,7 @@ def compute_stack(
                 ws.corpus(cell.dataset),
                 members,
                 fold=cell.fold,
-                primary=info.primary_metric,
+                primary=selection_metric(cell, method),
                 precision=precision,
                 logs=logs,
             )

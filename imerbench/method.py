@@ -167,7 +167,10 @@ class Method:
       a full-modality teacher, a complete-data stage): training batches then carry
       `Batch.complete`; evaluation batches never do;
     - `stackable`: True if cells of the method can train as one stack of models
-      (`imerbench/stacking.py`); False runs each cell alone.
+      (`imerbench/stacking.py`); False runs each cell alone;
+    - `published_selection`: per task ("classification", "regression"), the metric the
+      released code keeps its epoch by, where it is not the dataset's primary metric;
+      `--protocol paper` ranks the test-oracle epochs by it (`imerbench/plan.py`).
 
     A model must ignore the values at missing positions (the contract test changes them);
     batches hold zeros there, but nothing may rely on it.
@@ -180,6 +183,7 @@ class Method:
     fixed_length: ClassVar[bool] = False
     needs_complete: ClassVar[bool] = False
     stackable: ClassVar[bool] = False
+    published_selection: ClassVar[dict[str, str]] = {}
 
     def __init__(self, info: MethodInfo | None = None, **hparams: Any) -> None:
         self.info = info or MethodInfo(type(self).__name__.lower())

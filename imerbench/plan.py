@@ -89,6 +89,16 @@ def cell_method(cell: Cell) -> Method:
     return method if cell.epochs is None else method.with_epochs(cell.epochs)
 
 
+def selection_metric(cell: Cell, method: Method) -> str:
+    """The metric a cell's selections rank epochs by: the dataset's primary metric, one for
+    every method, except under the paper protocol, where the method's released code's
+    (`Method.published_selection`) decides, as in the published runs."""
+    info = resolve_dataset(cell.dataset)
+    if cell.protocol == "paper":
+        return method.published_selection.get(info.task, info.primary_metric)
+    return info.primary_metric
+
+
 def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     """Everything that determines the cell's rows (its hash names the cell folder)."""
     info = resolve_dataset(cell.dataset)
@@ -104,6 +114,8 @@ def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
         "seed": cell.seed,
         "protocol": cell.protocol,
     }
+    if cell.protocol == "paper":  # absent otherwise: existing default cells still resume
+        config["selected_on"] = selection_metric(cell, method)
     if grid.precision != "fp32":  # absent for fp32: existing fp32 cell folders still resume
         config["precision"] = grid.precision
     if can_stack(method):  # its dropout and noise come from the cell's own generator (and

@@ -45,6 +45,7 @@ COLUMNS: tuple[str, ...] = (
     "epochs_trained",  # epochs the cell trained (`epochs` is the cap)
     "stop_reason",  # plateau | cap | fixed
     "converged",  # False: stopped by its cap while still improving; empty: fixed
+    "selected_on",  # the metric the selections ranked epochs by (empty in older rows)
 )  # fmt: skip
 ROWS_FILE = "rows.csv"
 MERGED_FILE = "results.csv"
@@ -127,7 +128,7 @@ class ResultStore:
 def read_rows(path: Path) -> pd.DataFrame:
     """A rows CSV, with columns added since it was written filled in."""
     text = {"mask": str, "role": str, "ceiling_of": str, "paper_name": str, "stop_reason": str}
-    text |= {"converged": str}
+    text |= {"converged": str, "selected_on": str}
     df = pd.read_csv(path, keep_default_na=False, na_values=["", "nan", "NaN"], dtype=text)
     if "stop_reason" not in df.columns:  # schema 1: every epoch trained, epochs from 0
         df["epoch"] = pd.to_numeric(df["epoch"], errors="coerce") + 1
@@ -143,7 +144,9 @@ def read_rows(path: Path) -> pd.DataFrame:
         info = {label: method_info(label).columns() for label in df["method"].dropna().unique()}
         for column in ("role", "ceiling_of", "paper_name"):
             df[column] = df["method"].map(lambda label, c=column: info.get(label, {}).get(c, ""))
-    for column in ("ceiling_of", "paper_name"):
+    if "selected_on" not in df.columns:  # older rows: not recorded
+        df["selected_on"] = ""
+    for column in ("ceiling_of", "paper_name", "selected_on"):
         df[column] = df[column].fillna("").astype(str)
     return df
 

@@ -347,6 +347,8 @@ class GCNet(Method):
         "mosi": PUBLISHED,
         "mosei": PUBLISHED,
     }
+    # The released code keeps the epoch of its best weighted F1 ("val" loader).
+    published_selection = {"classification": "wf1", "regression": "f1"}
     needs_complete = True  # the reconstruction targets are the inputs the mask hides
     model = GCNetNet
 

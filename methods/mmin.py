@@ -275,6 +275,8 @@ class MMIN(Method):
         },
     }
     stages = (TEACHER, STUDENT)
+    # The released code keeps the epoch of its best weighted F1 ("val" loader).
+    published_selection = {"classification": "wf1", "regression": "f1"}
     needs_complete = True  # the teacher and the imagination targets see what the mask hides
     stackable = True
     model = MMINNet

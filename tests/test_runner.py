@@ -22,6 +22,7 @@ from processes import (
     wait_for_no_orphans,
 )
 
+from imerbench import compute
 from imerbench.files import _new_file_mode, atomic_write
 from imerbench.method import Method
 from imerbench.registry import register_method, unregister_method
@@ -241,3 +242,37 @@ def test_result_files_get_the_mode_the_umask_gives(tmp_path: Path) -> None:
         os.umask(old)
         _new_file_mode.cache_clear()
     assert mode == 0o640
+
+
+def test_paper_protocol_selects_on_each_methods_published_metric(
+    small_grid, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GCNet's released code keeps its best weighted-F1 epoch: so does its paper-protocol
+    test-oracle; early fusion (no published selection) keeps the primary metric's best; the
+    default protocol ranks every method by the primary metric."""
+    ranked_by: dict[tuple[str, str], str] = {}
+    train_stack = compute.train_stack
+
+    def spy(method: Method, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        ranked_by[(protocol, method.name)] = str(kwargs["primary"])
+        return train_stack(method, *args, **kwargs)
+
+    monkeypatch.setattr(compute, "train_stack", spy)
+    methods = ["gcnet", "early-fusion"]
+    for protocol in ("paper", "default"):
+        out = tmp_path / protocol
+        grid = small_grid(methods=methods, missing_rates=[0.5], epochs=4, protocol=protocol)
+        run_grid(grid, RunOptions(out=out, device="cpu"))
+        df = read_results(out)
+        oracle = df[(df["selection"] == "test-oracle") & (df["condition"] == "mask")]
+        expected = {"gcnet": "wf1" if protocol == "paper" else "wa", "early-fusion": "wa"}
+        for method, metric in expected.items():
+            assert ranked_by[(protocol, method)] == metric
+            rows = oracle[oracle["method"] == method]
+            assert set(rows["selected_on"]) == {metric}
+            (curves,) = (out / "cells" / "synthetic" / method).glob("*/curves.csv")
+            test = pd.read_csv(curves).query(
+                "split == 'test' and condition == 'mask' and output == 'fused'"
+            )
+            scores = test[test["metric"] == metric].set_index("epoch")["value"]
+            assert set(rows["epoch"]) == {scores.idxmax()}  # the first best epoch

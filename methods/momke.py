@@ -14,9 +14,19 @@ one key-masked attention module per modality, shared with the unimodal reference
 
 The unimodal heads are reported in both stages (in the fusion stage: head m on stream m's
 own-expert output, the representation it was trained on), so every run has head-a/t/v rows.
+
+Against the released code (wxxv/MoMKE 2dceb57, `MoMKE/model_expert_softmoe.py`), with its
+weights copied in (`convert_released_state_dict`), both stages' outputs and losses are equal
+(`tests/test_momke.py`). What differs: the released second stage returns random tensors as
+its unimodal outputs (ours: the heads above); its masks are redrawn every batch (here the
+harness's shared masks); its MAE and correlation count non-zero labels only (our `mae-nz`
+and `corr-nz`; `mae` and `corr` count every utterance).
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -96,6 +106,30 @@ class MoMKENet(nn.Module):
         )  # [B, L, 3D], a missing modality's stream zeroed
         h = x_joint + self.fuse_drop(torch.relu(self.fuse(x_joint)))
         return ModelOutput(fused=self.out(h), heads=heads, extras=extras)
+
+
+RELEASED_NAMES = [  # released name pattern -> ours (wxxv/MoMKE, model_expert_softmoe.py)
+    (r"^([atv])_in_proj\.0\.", r"proj.\1.0."),
+    (r"^block\.blocks\.(\d+)\.Transformer_([atv])\.", r"experts.layers.\1.\2."),
+    (r"^nlp_head_([atv])\.", r"heads.\1."),
+    (r"^nlp_head\.", "out."),
+    (r"^proj1\.", "fuse."),
+    (r"^router_([atv])\.", r"routers.\1."),
+]
+
+
+def convert_released_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """A state dict of the released `MoMKE` model under our names."""
+    out = {}
+    for name, value in state.items():
+        for pattern, replacement in RELEASED_NAMES:
+            name, found = re.subn(pattern, replacement, name)
+            if found:
+                break
+        else:
+            raise ValueError(f"not a released MoMKE state dict: unknown name {name}")
+        out[name] = value
+    return out
 
 
 @register_method("momke", paper_name="MoMKE")

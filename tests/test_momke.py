@@ -1,15 +1,20 @@
-"""MoMKE: the unimodal stage keeps each modality on its own expert and its complete inputs;
-the fusion stage's routers are distributions and a missing modality's stream adds nothing."""
+"""MoMKE: equal to the released model on a fixed batch; the unimodal stage keeps each
+modality on its own expert and its complete inputs; the fusion stage's routers are
+distributions and a missing modality's stream adds nothing."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
 import torch
-from imerbench.methods.momke import FUSION, UNIMODAL
+from imerbench.methods.momke import FUSION, UNIMODAL, convert_released_state_dict
 from tiny_corpus import tiny_corpus
 
-from imerbench.data import MODALITIES, SplitData
+from imerbench.data import MODALITIES, Batch, SplitData
 from imerbench.losses import task_loss
+from imerbench.method import DataSpec
 from imerbench.registry import create_method
 from imerbench.step import data_spec
 
@@ -114,3 +119,64 @@ def test_heads_are_reported_in_both_stages_and_idle_parameters_match() -> None:
         for name, p in model.named_parameters():
             has_grad = p.grad is not None and bool(torch.any(p.grad != 0))
             assert has_grad != (name in idle), (stage, name)
+
+
+# ---- the released model ------------------------------------------------------------------------
+FIXTURE = Path(__file__).parent / "data" / "momke_released.pt"
+
+
+def released(dropout: float | None = None):  # type: ignore[no-untyped-def]
+    data = torch.load(FIXTURE, weights_only=True)
+    cfg = data["config"]
+    spec = DataSpec("classification", cfg["classes"], cfg["widths"], cfg["length"], 2)
+    hp = {"hidden": cfg["hidden"], "depth": cfg["depth"], "heads": cfg["heads"]}
+    method = create_method(
+        "momke", "iemocap", dropout=cfg["dropout"] if dropout is None else dropout, **hp
+    )
+    model = method.build(spec)
+    model.load_state_dict(convert_released_state_dict(data["state_dict"]))  # strict
+    valid, available, labels = data["valid"], data["available"], data["labels"]
+    speakers = torch.zeros_like(labels)
+    full = data["features"]
+    complete = Batch(full, valid[..., None].expand(-1, -1, 3).clone(), valid, speakers, labels)
+    batch = Batch(full, available, valid, speakers, labels, complete)
+    return data, method, model, batch
+
+
+def test_momke_outputs_equal_the_released_model() -> None:
+    """The fixture holds a released `MoMKE` (wxxv/MoMKE 2dceb57) at widths a/t/v 6/8/5,
+    hidden 8, depth 2, 2 heads, 3 classes, dropout 0.5; a batch of 3 dialogues (lengths 6, 4,
+    5; random availability, one dialogue without audio); its eval-mode outputs (first stage
+    on complete inputs: fused and unimodal heads; second stage under the mask: fused) and
+    the released losses (the three unimodal CE terms, then the fused CE). Written by
+    `benchmarks/tools/momke_released_fixture.py`."""
+    data, _, model, batch = released()
+    model.eval()
+    valid = batch.valid
+    with torch.no_grad():
+        first = model(batch.complete, UNIMODAL)
+        second = model(batch, FUSION)
+    expected = data["outputs"]
+    for got, want in [(first.fused, expected["unimodal"]["fused"])] + [
+        (first.heads[m], expected["unimodal"][m]) for m in MODALITIES
+    ]:
+        torch.testing.assert_close(got[valid], want[valid], rtol=0, atol=1e-5)
+    fused = expected["fusion"]["fused"]
+    torch.testing.assert_close(second.fused[valid], fused[valid], rtol=0, atol=1e-5)
+    data, method, model, batch = released(dropout=0.0)  # the losses: training mode
+    model.train()
+    with torch.no_grad():
+        for stage in (UNIMODAL, FUSION):
+            loss = method.loss(model, model(batch, stage), batch, stage)
+            torch.testing.assert_close(loss, data["losses"][stage], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["experts.layers.1.t.q.weight", "routers.v.fc2.weight"])
+def test_a_perturbed_momke_weight_breaks_the_equality(name: str) -> None:
+    data, _, model, batch = released()
+    model.eval()
+    with torch.no_grad():
+        model.get_parameter(name)[0].add_(0.1)  # one row: the router's softmax ignores shifts
+        fused = model(batch, FUSION).fused
+    want = data["outputs"]["fusion"]["fused"]
+    assert (fused - want)[batch.valid].abs().max() > 1e-4  # 10x the tolerance

@@ -19,9 +19,11 @@ weights copied in (`convert_released_state_dict`) the outputs, graphs and loss a
   [j - P, j + F], so a receiver hears F earlier and P later utterances: it equals
   `window_past=F, window_future=P` here (our names say what a receiver hears). The published
   runs use symmetric windows, which the swap leaves unchanged;
-- the released model also builds an unused GRU and, per graph, the nodal-attention module (an
-  option, `--time-attn`, used in part of the published runs; not offered here yet): 34.1M
-  parameters against our 28.1M at hidden 200 on 512/1024/1024 inputs with 4 classes;
+- the released model also builds an unused GRU, and per graph the nodal-attention module
+  whether `--time-attn` (used in part of the published runs) is on or not: 34.1M parameters
+  against our 28.1M at hidden 200 on 512/1024/1024 inputs with 4 classes. Here it is built
+  when `nodal_attention=True` (each utterance then pools its dialogue's real utterances;
+  the released attention renormalises its softmax over them too, so padding cannot count);
 - the graph layers' width is `graph_hidden` (the code: hidden // 2, the default here);
 - the released reconstruction loss flattens the padding mask batch-major against
   sequence-major features, so padded rows of a dialogue can count and real ones drop out;
@@ -166,17 +168,40 @@ def float32_on_cpu(x: Tensor) -> AbstractContextManager[object]:
     return torch.autocast("cpu", enabled=False) if x.device.type == "cpu" else nullcontext()
 
 
+class NodalAttention(nn.Module):
+    """GCNet's optional nodal attention (`--time-attn`): each utterance pools its dialogue's
+    real utterances with weights softmax(tanh((W h_i + b) . h_j)) over them."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.transform = nn.Linear(dim, dim)
+
+    def forward(self, h: Tensor, valid: Tensor) -> Tensor:
+        # h: [B, L, D]; valid: [B, L] -> [B, L, D]
+        scores = torch.tanh(self.transform(h) @ h.transpose(1, 2))  # [B, L(query), L(key)]
+        scores = scores.masked_fill(~valid[:, None, :], float("-inf"))
+        return scores.softmax(-1) @ h
+
+
 class GraphBranch(nn.Module):
-    """One graph: R-GCN -> graph convolution -> concat with input -> BiLSTM -> ReLU(Linear)."""
+    """One graph: R-GCN -> graph convolution -> concat with input -> BiLSTM -> (nodal
+    attention) -> ReLU(Linear)."""
 
     def __init__(
-        self, dim: int, graph_hidden: int, relations: int, dropout: float, rnn_layers: int = 2
+        self,
+        dim: int,
+        graph_hidden: int,
+        relations: int,
+        dropout: float,
+        rnn_layers: int = 2,
+        nodal_attention: bool = False,
     ) -> None:
         super().__init__()
         self.conv1 = RelationalGraphConv(dim, graph_hidden, relations)
         self.conv2 = SumGraphConv(graph_hidden, graph_hidden)
         joint = dim + graph_hidden
         self.lstm = DialogueRNN(joint, joint, dropout, rnn_layers)
+        self.attention = NodalAttention(2 * joint) if nodal_attention else None
         self.linear = nn.Linear(2 * joint, joint)
         self.act = nn.ReLU()
 
@@ -185,6 +210,8 @@ class GraphBranch(nn.Module):
         h = self.conv1(x, relations)
         h = self.conv2(h, relations.amax(1))  # the union of the relations: the window
         h = self.lstm(torch.cat([x, h], dim=-1), valid)
+        if self.attention is not None:
+            h = self.attention(h, valid)
         return self.act(self.linear(h))
 
 
@@ -201,6 +228,7 @@ class GCNetNet(nn.Module):
         window_future: int,
         dropout: float,
         rnn_layers: int = 2,
+        nodal_attention: bool = False,
     ) -> None:
         super().__init__()
         self.widths = [spec.widths[m] for m in MODALITIES]
@@ -210,7 +238,8 @@ class GCNetNet(nn.Module):
         self.lstm = DialogueRNN(dim_in, hidden, dropout, rnn_layers)
         relations = (TEMPORAL_RELATIONS, self.num_speakers**2)
         self.temporal, self.speaker = (
-            GraphBranch(2 * hidden, graph_hidden, r, dropout, rnn_layers) for r in relations
+            GraphBranch(2 * hidden, graph_hidden, r, dropout, rnn_layers, nodal_attention)
+            for r in relations
         )
         joint = 2 * hidden + graph_hidden
         self.head = nn.Linear(joint, spec.num_classes)
@@ -264,8 +293,10 @@ RELEASED_NAMES = {
     "grufusion": "lstm",  # an LSTM in the released GCNet, despite its name
     "lin_rel": "rel",
     "lin_root": "root",
+    "matchatt": "attention",
 }
-UNUSED = re.compile(r"gru\.|.*\.matchatt\.")
+UNUSED = re.compile(r"gru\.")
+WITHOUT_ATTENTION = re.compile(r"gru\.|.*\.matchatt\.")
 
 
 def released_relation_id(graph: str, name: str) -> int:
@@ -311,12 +342,16 @@ def convert_graph_state_dict(
 
 
 def convert_released_state_dict(
-    state: Mapping[str, Tensor], relation_order: Mapping[str, list[str]]
+    state: Mapping[str, Tensor],
+    relation_order: Mapping[str, list[str]],
+    nodal_attention: bool = False,
 ) -> dict[str, Tensor]:
-    """A state dict of the released GCNet `GraphModel` (base LSTM, no nodal attention) under
-    our names; `relation_order` lists each graph's relation names in the order of the
-    released ids (it depends on the hash seed of the process that built the edges)."""
-    return convert_graph_state_dict(state, relation_order, RELEASED_NAMES, UNUSED)
+    """A state dict of the released GCNet `GraphModel` (base LSTM) under our names, for a
+    model with or without the nodal attention (the released model always builds it);
+    `relation_order` lists each graph's relation names in the order of the released ids (it
+    depends on the hash seed of the process that built the edges)."""
+    unused = UNUSED if nodal_attention else WITHOUT_ATTENTION
+    return convert_graph_state_dict(state, relation_order, RELEASED_NAMES, unused)
 
 
 @register_method("gcnet", paper_name="GCNet")
@@ -331,6 +366,7 @@ class GCNet(Method):
         "rnn_layers": Param(2, low=1, help="layers of every BiLSTM"),
         "dropout": Param(0.5, low=0.0, high=0.9, help="between the BiLSTM layers"),
         "recon_weight": Param(1.0, low=0.0, help="weight of the reconstruction loss"),
+        "nodal_attention": Param(False, help="the released --time-attn, after each graph"),
     }
     profiles = {
         # Small enough for the 2-core default grid: one-layer BiLSTMs (the LSTMs dominate

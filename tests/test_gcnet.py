@@ -261,3 +261,36 @@ def test_swapped_windows_differ_from_the_released_model() -> None:
     with torch.no_grad():
         fused = model(batch, "train").fused
     assert (fused - data["outputs"]["fused"]).abs().max() > 1e-4
+
+
+def test_nodal_attention_equals_the_released_time_attn() -> None:
+    """The same released weights with `--time-attn` (the fixture runs its model again with
+    the flag on): our `nodal_attention=True` gives its logits and reconstruction."""
+
+    def convert(state, order):  # type: ignore[no-untyped-def]
+        return convert_released_state_dict(state, order, nodal_attention=True)
+
+    data, model, batch, _ = released_model("gcnet", convert, nodal_attention=True)
+    expected = data["outputs"]
+    with torch.no_grad():
+        out = model(batch, "train")
+    torch.testing.assert_close(out.fused, expected["fused_time_attn"], rtol=0, atol=1e-5)
+    rec = out.extras["reconstruction"]
+    torch.testing.assert_close(rec, expected["reconstruction_time_attn"], rtol=0, atol=1e-5)
+    assert (out.fused - expected["fused"]).abs().max() > 1e-3  # the attention changed them
+
+
+def test_nodal_attention_reads_real_utterances_only() -> None:
+    corpus = tiny_corpus(num_dialogues=6, seed=4)
+    method = create_method("gcnet", "quick", nodal_attention=True)
+    torch.manual_seed(0)
+    model = method.build(data_spec(corpus)).eval()
+    data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
+    batch = next(iter(data.batches(6)))
+    assert not batch.valid.all()  # some padding
+    h = torch.randn(*batch.valid.shape, 2 * (2 * 32 + 16))
+    attention = model.temporal.attention
+    noisy = torch.where(batch.valid[..., None], h, torch.full_like(h, 1e3))
+    with torch.no_grad():
+        a, b = attention(h, batch.valid), attention(noisy, batch.valid)
+    torch.testing.assert_close(a[batch.valid], b[batch.valid])

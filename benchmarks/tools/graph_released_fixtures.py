@@ -94,6 +94,17 @@ def main(method: str, root: Path, target: Path) -> None:
             out = net(feats, edges, types_, lengths, umask)
             branches[kind] = (out[0] if isinstance(out, tuple) else out).transpose(0, 1)
             orders[kind] = sorted(mapping, key=mapping.get)  # names in relation-id order
+        extra = {}
+        if method == "gcnet":  # the same weights with --time-attn (its modules always exist)
+            for net in (model, model.graph_net_temporal, model.graph_net_speaker):
+                net.time_attn = True
+            attended, attended_rec, _ = model([masked], speakers, umask, lengths)
+            for net in (model, model.graph_net_temporal, model.graph_net_speaker):
+                net.time_attn = False
+            extra = {
+                "fused_time_attn": attended.transpose(0, 1),
+                "reconstruction_time_attn": attended_rec[0].transpose(0, 1),
+            }
         task = MaskedCELoss()(log_prob.transpose(0, 1).reshape(-1, CLASSES), labels, umask)
         recon = MaskedReconLoss()(rec, [complete], [mask3], umask, *widths)
         loss = task + recon if weight is None else (1 - weight) * task + weight * recon
@@ -119,6 +130,7 @@ def main(method: str, root: Path, target: Path) -> None:
                 "fused": log_prob.transpose(0, 1),
                 "reconstruction": rec[0].transpose(0, 1),
                 **branches,
+                **extra,
             },
             "loss": loss,
         },

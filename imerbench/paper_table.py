@@ -54,6 +54,18 @@ def paper_numbers(dataset: str, metric: str) -> dict[str, dict[float, float]]:
     return out
 
 
+def adapted(label: str) -> bool:
+    """Whether our method of `label` is an adaptation: the paper copied its published numbers
+    from other papers (other features, another missing scheme), so ours, on this layout,
+    are not the same experiment."""
+    paper_name = method_info(label).paper_name
+    if not paper_name:
+        return False
+    sources = set(paper_table_frame().query("method == @paper_name")["source"])
+    return bool(sources) and "rerun-by-paper-authors" not in sources
+
+
+ADAPTED = " (adaptation)"
 Row = tuple[str, str, list[str], list[bool], list[bool]]  # label, protocol, texts, best, worse
 
 
@@ -84,7 +96,8 @@ class PaperTable:
         for m in board.methods:
             texts = [board.cell_text(m, mr) if mr in board.rates else "-" for mr in rates]
             marks = [(m, mr) in board.worse for mr in rates]
-            out.append((m, "test-oracle", texts, [best.get(mr) == m for mr in rates], marks))
+            shown = m + ADAPTED if adapted(m) else m
+            out.append((shown, "test-oracle", texts, [best.get(mr) == m for mr in rates], marks))
         for label, values in self.published.items():
             texts = [f"{values[mr] * 100:.2f}" if mr in values else "-" for mr in rates]
             out.append(
@@ -102,7 +115,7 @@ class PaperTable:
                 texts = [v.cell_text(m, mr) if mr in v.rates else "-" for mr in rates]
                 out.append(
                     (
-                        m,
+                        m + ADAPTED if adapted(m) else m,
                         "val",
                         texts,
                         [v.best(mr) == m for mr in rates],
@@ -121,6 +134,12 @@ class PaperTable:
             f"worse than the best of our rows of that protocol: paired t-test over the seeds, "
             f"Holm-corrected within each column, α = 0.05"
             + (f"; {FAILED_MARK} some runs failed" if board.failures else "")
+            + (
+                "; (adaptation): the paper copied this method's numbers from other papers "
+                "(other features and missing scheme), ours run it on this layout"
+                if any(adapted(m) for m in board.methods)
+                else ""
+            )
         )
 
     def to_markdown(self) -> str:

@@ -152,6 +152,21 @@ def test_paper_table_puts_test_oracle_beside_the_published_numbers() -> None:
     assert lines.index(oracle) < lines.index(mine) < lines.index(val)
 
 
+def test_paper_table_marks_adaptations() -> None:
+    """The paper copied MCTN's MOSI numbers from other papers: our mctn row is marked an
+    adaptation (and the caption says why); GCNet, which the paper's authors reran, is not."""
+    rows = []
+    for seed in (0, 1):
+        extra = {"dataset": "mosi", "metric": "f1", "selection": "test-oracle"}
+        for method in ("mctn", "gcnet"):
+            rows.append(row(method, "0.1", seed, "mask", 0.6 + 0.01 * seed, **extra))
+    text = paper_tables(pd.DataFrame(rows))
+    assert any(line.startswith("| mctn (adaptation) | test-oracle |") for line in text.splitlines())
+    assert any(line.startswith("| gcnet | test-oracle |") for line in text.splitlines())
+    assert "MCTN (published, = mctn; copied-from-other-paper)" in text
+    assert "(adaptation): the paper copied" in text.splitlines()[0]
+
+
 def test_paper_table_says_when_a_dataset_has_no_published_numbers() -> None:
     text = paper_tables(rows_frame())
     assert text.splitlines()[0].startswith("synthetic: no published numbers")

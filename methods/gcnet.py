@@ -389,9 +389,15 @@ class GCNet(Method):
     model = GCNetNet
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
-        if batch.complete is None:
-            raise ValueError("gcnet trains on batches with `complete` (needs_complete=True)")
-        full = batch.complete
-        missing = full.available & ~batch.available  # [B, L, M]: recorded but masked
-        rec = reconstruction_loss(out.extras["reconstruction"], full.features, missing, batch.valid)
+        rec = missing_reconstruction_loss(self.name, out, batch)
         return task_loss(out.fused, batch) + self.hp["recon_weight"] * rec
+
+
+def missing_reconstruction_loss(name: str, out: ModelOutput, batch: Batch) -> Tensor:
+    """`reconstruction_loss` of a training batch: the model's `reconstruction` output against
+    the complete inputs at the entries the mask hides (GCNet and SDR-GNN)."""
+    if batch.complete is None:
+        raise ValueError(f"{name} trains on batches with `complete` (needs_complete=True)")
+    full = batch.complete
+    missing = full.available & ~batch.available  # [B, L, M]: recorded but masked
+    return reconstruction_loss(out.extras["reconstruction"], full.features, missing, batch.valid)

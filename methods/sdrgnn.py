@@ -58,7 +58,7 @@ from imerbench.methods.gcnet import (
     DialogueRNN,
     RelationalGraphConv,
     convert_graph_state_dict,
-    reconstruction_loss,
+    missing_reconstruction_loss,
     speaker_relations,
     temporal_relations,
 )
@@ -279,11 +279,7 @@ class SDRGNN(Method):
     model = SDRGNNNet
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
-        if batch.complete is None:
-            raise ValueError("sdr-gnn trains on batches with `complete` (needs_complete=True)")
-        full = batch.complete
-        missing = full.available & ~batch.available  # [B, L, M]: recorded but masked
-        rec = reconstruction_loss(out.extras["reconstruction"], full.features, missing, batch.valid)
+        rec = missing_reconstruction_loss(self.name, out, batch)
         e = self.hp["recon_weight"]
         return (1 - e) * task_loss(out.fused, batch) + e * rec
 

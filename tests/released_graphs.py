@@ -41,3 +41,29 @@ def released_model(
 
 def zero_filled(batch: Batch) -> Tensor:
     return torch.cat([batch.features[m] for m in MODALITIES], dim=-1)
+
+
+def assert_equals_released(
+    data: dict[str, Any], model: nn.Module, batch: Batch, method: Method, rnn: nn.Module
+) -> None:
+    """Logits, reconstruction, each graph's output (temporal and speaker, from the dialogue
+    RNN `rnn`'s states) and the training loss, against the fixture's, within 1e-5."""
+    from imerbench.methods.gcnet import speaker_relations, temporal_relations
+
+    expected = data["outputs"]
+    with torch.no_grad():
+        out = model(batch, "train")
+        torch.testing.assert_close(out.fused, expected["fused"], rtol=0, atol=1e-5)
+        rec = out.extras["reconstruction"]
+        torch.testing.assert_close(rec, expected["reconstruction"], rtol=0, atol=1e-5)
+        h = rnn(zero_filled(batch), batch.valid)
+        past, future = model.window
+        relations = {
+            "temporal": temporal_relations(batch.valid, past, future),
+            "speaker": speaker_relations(batch.speakers, batch.valid, past, future, 2),
+        }
+        for kind, adj in relations.items():
+            branch = getattr(model, kind)(h, adj, batch.valid)
+            torch.testing.assert_close(branch, expected[kind], rtol=0, atol=1e-5)
+        loss = method.loss(model, out, batch, "train")
+    torch.testing.assert_close(loss, data["loss"], rtol=1e-5, atol=1e-5)

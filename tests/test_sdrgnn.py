@@ -6,13 +6,12 @@ from typing import Any
 
 import pytest
 import torch
-from imerbench.methods.gcnet import speaker_relations, temporal_relations
 from imerbench.methods.sdrgnn import (
     GatedGraphStep,
     HypergraphStep,
     convert_released_state_dict,
 )
-from released_graphs import released_model, zero_filled
+from released_graphs import assert_equals_released, released_model
 from torch import nn
 
 from imerbench.data import Batch
@@ -32,27 +31,11 @@ def test_sdr_gnn_outputs_equal_the_released_model() -> None:
     resized from the hard-coded 2560 wide / 256 heads to 20 / 4. With its weights, a batch of 3
     dialogues of 7 utterances (random availability and speakers): the eval-mode logits and
     reconstruction, each graph's output, and the training loss from the released loss classes
-    (0.5 CE + 0.5 reconstruction). Written by `benchmarks/tools/sdrgnn_released_fixture.py`."""
+    (0.5 CE + 0.5 reconstruction). Written by
+    `benchmarks/tools/graph_released_fixtures.py sdr-gnn`."""
     data, model, batch, method = fixture_model()
-    expected = data["outputs"]
-    with torch.no_grad():
-        out = model(batch, "train")
-        torch.testing.assert_close(out.fused, expected["fused"], rtol=0, atol=1e-5)
-        rec = out.extras["reconstruction"]
-        torch.testing.assert_close(rec, expected["reconstruction"], rtol=0, atol=1e-5)
-        h = model.rnn(zero_filled(batch), batch.valid)
-        past, future = model.window
-        temporal = temporal_relations(batch.valid, past, future)
-        speaker = speaker_relations(batch.speakers, batch.valid, past, future, 2)
-        torch.testing.assert_close(
-            model.temporal(h, temporal, batch.valid), expected["temporal"], rtol=0, atol=1e-5
-        )
-        # Released quirk 1: the speaker graph runs and is dropped; its output still matches.
-        torch.testing.assert_close(
-            model.speaker(h, speaker, batch.valid), expected["speaker"], rtol=0, atol=1e-5
-        )
-        loss = method.loss(model, out, batch, "train")
-    torch.testing.assert_close(loss, data["loss"], rtol=1e-5, atol=1e-5)
+    # Released quirk 1: the speaker graph runs and is dropped; its output is still checked.
+    assert_equals_released(data, model, batch, method, model.rnn)
 
 
 @pytest.mark.parametrize(

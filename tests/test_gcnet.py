@@ -14,7 +14,7 @@ from imerbench.methods.gcnet import (
     temporal_relations,
     window_adjacency,
 )
-from released_graphs import released_model, zero_filled
+from released_graphs import assert_equals_released, released_model
 from tiny_corpus import tiny_corpus
 
 from imerbench.data import Batch, SplitData
@@ -220,23 +220,7 @@ def test_gcnet_outputs_equal_the_released_model() -> None:
     training loss (CE + reconstruction). Written by
     `benchmarks/tools/graph_released_fixtures.py gcnet`."""
     data, model, batch, method = released_model("gcnet", convert_released_state_dict)
-    expected = data["outputs"]
-    with torch.no_grad():
-        out = model(batch, "train")
-        torch.testing.assert_close(out.fused, expected["fused"], rtol=0, atol=1e-5)
-        rec = out.extras["reconstruction"]
-        torch.testing.assert_close(rec, expected["reconstruction"], rtol=0, atol=1e-5)
-        h = model.lstm(zero_filled(batch), batch.valid)
-        past, future = model.window
-        relations = {
-            "temporal": temporal_relations(batch.valid, past, future),
-            "speaker": speaker_relations(batch.speakers, batch.valid, past, future, 2),
-        }
-        for kind, adj in relations.items():
-            branch = getattr(model, kind)(h, adj, batch.valid)
-            torch.testing.assert_close(branch, expected[kind], rtol=0, atol=1e-5)
-        loss = method.loss(model, out, batch, "train")
-    torch.testing.assert_close(loss, data["loss"], rtol=1e-5, atol=1e-5)
+    assert_equals_released(data, model, batch, method, model.lstm)
 
 
 @pytest.mark.parametrize(

@@ -53,9 +53,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from imerbench.methods.gcnet import PUBLISHED as GCNET_PUBLISHED
 from imerbench.methods.gcnet import (
     TEMPORAL_RELATIONS,
     DialogueRNN,
+    GCNet,
     RelationalGraphConv,
     convert_graph_state_dict,
     missing_reconstruction_loss,
@@ -71,11 +73,7 @@ from imerbench.method import DataSpec, Method, ModelOutput, Param
 from imerbench.registry import register_method
 
 # The released training (train.py defaults and the README's command): hidden 200, windows 3/3.
-PUBLISHED: dict[str, Any] = {
-    "epochs": 100,
-    "batch_size": 32,
-    "lr": 1e-3,
-    "weight_decay": 1e-5,
+PUBLISHED: dict[str, Any] = GCNET_PUBLISHED | {
     "hidden": 200,
     "graph_hidden": 100,
     "window_past": 3,
@@ -253,22 +251,13 @@ class SDRGNN(Method):
         **{k: Param(False, help=v) for k, v in FIXES.items()},
     }
     profiles = {
-        # As `gcnet`'s quick profile: one-layer RNNs of width 32 (the RNNs dominate on CPU),
-        # a higher learning rate; one attention head over the synthetic input width. LSTMs
+        # `gcnet`'s quick profile (one-layer RNNs of width 32: the RNNs dominate on CPU; a
+        # higher learning rate); one attention head over the synthetic input width. LSTMs
         # in place of the released GRUs: torch's CPU GRU is 3-5x slower than its LSTM at
         # these sizes, and on the default grid's corpus (MR 0 and 0.7, 3 seeds) the LSTMs
         # took 18 s against 24 s for 80.5 / 62.3 wa against 80.0 / 61.8.
-        "quick": {
-            "epochs": 40,  # a cap: runs end on a plateau (imerbench/stopping.py)
-            "batch_size": 16,
-            "lr": 3e-3,
-            "hidden": 32,
-            "graph_hidden": 16,
-            "rnn_layers": 1,
-            "recon_heads": 1,
-            "base_rnn": "lstm",
-            "graph_rnn": "lstm",
-        },
+        "quick": GCNet.profiles["quick"]
+        | {"recon_heads": 1, "base_rnn": "lstm", "graph_rnn": "lstm"},
         "iemocap": PUBLISHED,
         "mosi": PUBLISHED,
         "mosei": PUBLISHED,

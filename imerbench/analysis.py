@@ -41,9 +41,14 @@ def without_ceilings(frame: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     return frame[~frame["method"].isin(ceiling_methods(df))]
 
 
-def primary_rows(df: pd.DataFrame, selection: str = "val", output: str = "fused") -> pd.DataFrame:
-    """OK rows of the primary metric of each dataset, for one selection and output."""
+def primary_rows(
+    df: pd.DataFrame, selection: str = "val", output: str = "fused", metric: str | None = None
+) -> pd.DataFrame:
+    """OK rows of the primary metric of each dataset (or of `metric`), for one selection and
+    output."""
     ok = df[(df["status"] == "ok") & (df["selection"] == selection) & (df["output"] == output)]
+    if metric is not None:
+        return ok[ok["metric"] == metric]
     primary = ok["dataset"].map(lambda d: resolve_dataset(d).primary_metric)
     return ok[ok["metric"] == primary]
 

@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from imerbench.cli_data import FEATURES_HELP, data_app, grid_app, masks_app
-from imerbench.errors import ImerbenchError, print_error_line
+from imerbench.errors import ImerbenchError, print_error_line, unknown_name
 
 app = typer.Typer(
     help="Fair, resumable benchmarks for incomplete multimodal emotion recognition.",
@@ -264,10 +264,18 @@ def table(
     convergence: Annotated[
         bool, typer.Option(help="how each method's cells stopped: plateau, cap or fixed")
     ] = False,
+    metric: Annotated[
+        str,
+        typer.Option(
+            help="metrics to rank by, comma-separated (default: each dataset's primary); "
+            "each applies to the datasets whose task has it"
+        ),
+    ] = "",
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
     from imerbench.convergence import convergence_table
     from imerbench.leaderboard import leaderboards, render
+    from imerbench.metrics import METRICS
     from imerbench.paper_table import paper_tables
     from imerbench.protocol_table import protocol_table
     from imerbench.results import read_results, separate_configurations
@@ -286,9 +294,14 @@ def table(
     if paper:  # both selections: test-oracle beside the published numbers, then val
         typer.echo(paper_tables(df, fmt))
         return
-    boards = leaderboards(df, selection)
+    metrics = [m.strip() for m in metric.split(",") if m.strip()] or [None]
+    for m in metrics:
+        if m is not None and m not in METRICS:
+            raise unknown_name("metric", m, METRICS)
+    boards = [b for m in metrics for b in leaderboards(df, selection, m)]
     if not boards:
-        raise ImerbenchError(f"{results} holds no finished rows with {selection} selection")
+        what = f" for {metric}" if metric else ""
+        raise ImerbenchError(f"{results} holds no finished rows with {selection} selection{what}")
     typer.echo(render(boards, fmt))
 
 

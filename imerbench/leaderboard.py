@@ -226,14 +226,20 @@ def bayes_limits(dataset: str, metric: str, rates: list[float]) -> dict[float, f
     return out
 
 
-def leaderboards(df: pd.DataFrame, selection: str = "val") -> list[Leaderboard]:
-    """One leaderboard per dataset in the rows, on its primary metric and fused output."""
+def leaderboards(
+    df: pd.DataFrame, selection: str = "val", metric: str | None = None
+) -> list[Leaderboard]:
+    """One leaderboard per dataset in the rows, on its primary metric (or `metric`, for the
+    datasets whose task has it) and fused output."""
     boards = []
     for dataset in sorted(df["dataset"].dropna().unique()):
         info = resolve_dataset(dataset)
+        if metric is not None and METRICS[metric].task != info.task:
+            continue
+        shown = metric or info.primary_metric
         rows = df[df["dataset"] == dataset]
         failed = rows[rows["status"] == "failed"].groupby("method")["seed"].count().to_dict()
-        ok = primary_rows(rows, selection)
+        ok = primary_rows(rows, selection, metric=shown)
         ok = ok[(ok["condition"] == "mask") & ok["mask"].map(is_rate).astype(bool)]
         methods = sorted(set(rows["method"].dropna()))
         if ok.empty and not failed:
@@ -246,14 +252,14 @@ def leaderboards(df: pd.DataFrame, selection: str = "val") -> list[Leaderboard]:
         cells = {(m, float(r)): list(v.values) for (m, r), v in per_seed.groupby(level=[0, 1])}
         board = Leaderboard(
             dataset,
-            info.primary_metric,
+            shown,
             selection,
             methods,
             rates,
             cells,
-            worse=significantly_worse(per_fold_seed, methods, rates, info.primary_metric),
+            worse=significantly_worse(per_fold_seed, methods, rates, shown),
             failed={k: int(v) for k, v in failed.items()},
-            bayes=bayes_limits(dataset, info.primary_metric, rates),
+            bayes=bayes_limits(dataset, shown, rates),
             runs=runs,
             unconverged={
                 (m, float(mask))

@@ -110,6 +110,19 @@ def test_significance_marks_only_clear_losers() -> None:
     assert "| best | **80.40 ± 0.32** |" in text
 
 
+def test_leaderboard_of_any_stored_metric(one_error_line) -> None:
+    rows = [row("m", "0.0", seed, "mask", 0.5 + 0.1 * seed, metric="ua") for seed in (0, 1)]
+    rows += [row("m", "0.0", seed, "mask", 0.9, metric="wa") for seed in (0, 1)]
+    df = pd.DataFrame(rows)
+    (board,) = leaderboards(df, metric="ua")
+    assert board.metric == "ua" and "| m | **55.00 ± 7.07** |" in board.to_markdown()
+    assert "| m | **90.00 ± 0.00** |" in leaderboards(df)[0].to_markdown()  # primary: wa
+    assert leaderboards(df, metric="mae") == []  # a regression metric: no such dataset here
+    stored = Path(__file__).resolve().parents[1] / "results/synthetic/results.csv"
+    line = one_error_line("table", str(stored), "--metric", "wa,uaa")
+    assert "unknown metric 'uaa'" in line and "did you mean 'ua'" in line
+
+
 def test_latex_table_and_paper_numbers() -> None:
     latex = render(leaderboards(rows_frame()), "latex")
     assert r"\begin{tabular}" in latex and r"\textbf{70.00" in latex

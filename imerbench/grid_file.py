@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from imerbench.data import MaskSpec, parse_feature_names, parse_mask_spec, resolve_dataset
-from imerbench.errors import ImerbenchError, did_you_mean
+from imerbench.errors import ImerbenchError, did_you_mean, unknown_name
 from imerbench.grid import Grid, MethodRef, parse_method_ref, split_list
 from imerbench.registry import list_methods
 
@@ -18,6 +18,7 @@ T = TypeVar("T")
 GRID_KEYS = {
     "name": "grid name (the output folder under ./runs/)",
     "methods": 'list of method ids (with optional [k=v] overrides), or "all"',
+    "exclude": 'method ids that "all" leaves out',
     "datasets": "list of dataset ids",
     "missing_rates": 'list of missing rates in [0, 0.7], conditions ("at") or "a=0.1,t=0.2,v=0.6"',
     "seeds": "list of integer seeds",
@@ -124,8 +125,17 @@ def grid_from_dict(raw: dict[str, Any], source: str, options: Collection[str] = 
     if "name" in raw:
         kwargs["name"] = _folder_name(where("name"), raw["name"])
     methods = raw.get("methods", "all")
+    exclude = _each(where("exclude"), raw.get("exclude", []), lambda m: _text(m, "a method id"))
+    if exclude and methods not in ("all", ["all"]):
+        if "methods" in options:  # --methods named the methods: the file's exclusions go
+            exclude = []
+        else:
+            raise ImerbenchError(f'{where("exclude")} only applies to methods = "all"')
+    for name in exclude:
+        if name not in list_methods():
+            raise unknown_name("method", name, list_methods())
     if methods == "all" or methods == ["all"]:
-        kwargs["methods"] = [MethodRef(m) for m in list_methods()]
+        kwargs["methods"] = [MethodRef(m) for m in list_methods() if m not in exclude]
     else:
         kwargs["methods"] = _each(
             where("methods"), methods, lambda m: parse_method_ref(_text(m, "a method name"))

@@ -20,17 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_default_grid_is_every_method_on_synthetic() -> None:
     grid = default_grid()
-    assert [m.label for m in grid.methods] == list_methods()
+    every = [m for m in list_methods() if m != "dicmor"]  # excluded for its cost (quick.toml)
+    assert [m.label for m in grid.methods] == every
     assert grid.datasets == ("synthetic",)
     assert [str(m) for m in grid.missing_rates] == ["0.0", "0.3", "0.5", "0.7"]
     assert grid.seeds == (0, 1, 2)
     cells = grid.cells()
     rates = [c for c in cells if c.mask.rate is not None]
-    assert len(rates) == len(list_methods()) * 4 * 3
+    assert len(rates) == len(every) * 4 * 3
     # Each multimodal method also trains on a, t and v alone (its own ceilings); the
     # unimodal references are ceilings themselves.
     ceilings = {(c.method.label, str(c.mask), c.seed) for c in cells if c.mask.rate is None}
-    multimodal = [m for m in list_methods() if not m.startswith("unimodal-")]
+    multimodal = [m for m in every if not m.startswith("unimodal-")]
     assert ceilings == {(m, x, s) for m in multimodal for x in "atv" for s in (0, 1, 2)}
 
 
@@ -47,7 +48,8 @@ def test_built_in_grids_run_by_name_and_show_as_toml(run_cli) -> None:
     shown = tomllib.loads(out)  # the printed text is the grid file itself
     assert shown == tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
     # 4 rates x 3 seeds per method, plus a, t and v x 3 seeds per multimodal method
-    methods = list_methods()
+    methods = [m for m in list_methods() if m != "dicmor"]  # the grid excludes DiCMoR
+    assert sorted(m.name for m in load_grid("quick").methods) == sorted(methods)
     multimodal = [m for m in methods if method_info(m).role != "ceiling"]
     assert f"{12 * len(methods) + 9 * len(multimodal)} cells" in out.splitlines()[-1]
 
@@ -93,6 +95,8 @@ def test_profiles_differ_per_dataset() -> None:
         ({"methods": ["early-fusion"], "seeds": ["x"]}, "not an integer"),
         ({"methods": ["early-fusion"], "datasets": ["iemocap"]}, "did you mean"),
         ({"methods": ["early-fusion"], "protocol": "papers"}, "protocol 'papers'"),
+        ({"methods": "all", "exclude": ["dicmr"]}, "unknown method 'dicmr'"),
+        ({"methods": ["early-fusion"], "exclude": ["dicmor"]}, 'only applies to methods = "all"'),
     ],
 )
 def test_bad_grids_fail_with_a_clear_message(raw: dict, words: str) -> None:

@@ -41,6 +41,9 @@ def print_catalog(console: Console) -> None:
     console.print("details of one method: imerbench list METHOD")
 
 
+UNWRAPPED_WIDTH = 400
+
+
 def print_method(console: Console, name: str) -> None:
     """A method's registration, stages and every hyper-parameter: its default, the values
     allowed, and each profile's value where the profile changes it."""
@@ -65,4 +68,6 @@ def print_method(console: Console, name: str) -> None:
         changed = [PROFILE_DEFAULTS.get(p, {}) | cls.profiles.get(p, {}) for p in profiles]
         values = [repr(values[key]) if key in values else "" for values in changed]
         table.add_row(*map(escape, [key, repr(param.default), allowed, *values, param.help]))
-    console.print(table)
+    # Not a terminal (a file, a pipe): one line per hyper-parameter, for grep, not 80 columns
+    wide = console if console.is_terminal else Console(file=console.file, width=UNWRAPPED_WIDTH)
+    wide.print(table)

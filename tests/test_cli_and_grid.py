@@ -169,6 +169,8 @@ def test_list_shows_roles_and_one_method_in_detail(run_cli, monkeypatch) -> None
     assert profiles == {"iemocap": "200", "mosi": "300", "mosei": "100", "quick": "60"}
     fixed = next(line for line in detail.splitlines() if "fix_modulator" in line)
     assert "fixed: False" in fixed
+    # Not a terminal: one line per hyper-parameter, its whole help on it (grep finds it)
+    assert "the gradient modulator rescales the layer-1 prototype projectors" in fixed
     assert run_cli("list", "comp-rf").err.startswith("error: unknown method 'comp-rf'")
 
 

@@ -43,9 +43,11 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+from imerbench.methods.mult import RELEASED, MulTNet, length_one
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch
@@ -54,8 +56,6 @@ from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 from imerbench.registry import register_method
 
 PRETRAIN, RECOVER = "pretrain", "recover"
-RELEASED = {"l": "t", "v": "v", "a": "a"}  # the released modality letters, in its order
-BACKBONE = ("l", "a", "v")  # the order of its crossmodal partners and of its last states
 LABEL_RANGE = 3  # regression priors for the rounded labels -3..3
 
 
@@ -127,176 +127,23 @@ class Flow(nn.Module):
 
 
 # ---- refinement -----------------------------------------------------------------------------
-class ChannelAttentionBlock(nn.Module):
-    """RCAB at length 1: Linear -> ReLU -> Linear, times a squeeze-excite gate, plus input."""
-
-    def __init__(self, channels: int, reduction: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(channels, channels), nn.ReLU(), nn.Linear(channels, channels)
-        )
-        squeezed = max(channels // reduction, 1)
-        self.gate = nn.Sequential(
-            nn.Linear(channels, squeezed), nn.ReLU(), nn.Linear(squeezed, channels), nn.Sigmoid()
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.body(x)
-        return h * self.gate(h) + x
-
-
-class Refinement(nn.Module):
-    """Linear(d, 2d) -> residual group of channel-attention blocks -> Linear(2d, d)."""
-
-    def __init__(self, dim: int, blocks: int, reduction: int) -> None:
-        super().__init__()
-        self.inp = nn.Linear(dim, 2 * dim)
-        self.blocks = nn.Sequential(
-            *(ChannelAttentionBlock(2 * dim, reduction) for _ in range(blocks))
-        )
-        self.tail = nn.Linear(2 * dim, 2 * dim)
-        self.out = nn.Linear(2 * dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.inp(x)
-        return self.out(self.tail(self.blocks(h)) + h)
-
-
-# ---- the MulT backbone ----------------------------------------------------------------------
-def position_one(dim: int) -> Tensor:
-    """The sinusoidal embedding of position 1 (the released tensor2tensor variant)."""
-    half = dim // 2
-    freq = torch.exp(torch.arange(half, dtype=torch.float) * -(math.log(10000) / (half - 1)))
-    emb = torch.cat([torch.sin(freq), torch.cos(freq)])
-    return F.pad(emb, (0, dim % 2))
-
-
-class TransformerLayer(nn.Module):
-    """Pre-LayerNorm attention (the same LayerNorm on query, key and value) and a 4x ReLU
-    feed-forward, each residual."""
-
-    def __init__(
-        self, dim: int, heads: int, attn_dropout: float, relu_dropout: float, res_dropout: float
-    ) -> None:
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=attn_dropout)
-        self.fc1 = nn.Linear(dim, 4 * dim)
-        self.fc2 = nn.Linear(4 * dim, dim)
-        self.layer_norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
-        self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
-
-    def forward(self, x: Tensor, k: Tensor | None, v: Tensor | None) -> Tensor:
-        # x, k, v: [T, N, D]; k and v None: self-attention
-        norm = self.layer_norms[0]
-        q = norm(x)
-        keys, values = (q, q) if k is None or v is None else (norm(k), norm(v))
-        h, _ = self.self_attn(q, keys, values, need_weights=False)
-        x = x + F.dropout(h, self.res_dropout, self.training)
-        h = F.relu(self.fc1(self.layer_norms[1](x)))
-        h = self.fc2(F.dropout(h, self.relu_dropout, self.training))
-        return x + F.dropout(h, self.res_dropout, self.training)
-
-
-class TransformerEncoder(nn.Module):
-    """MulT's encoder over a length-1 sequence: scaled inputs plus the embedding of position 1
-    (0 where the first feature is exactly 0: the released padding rule), layers, LayerNorm."""
-
-    def __init__(
-        self,
-        dim: int,
-        heads: int,
-        layers: int,
-        attn_dropout: float,
-        relu_dropout: float,
-        res_dropout: float,
-        embed_dropout: float,
-    ) -> None:
-        super().__init__()
-        self.scale = math.sqrt(dim)
-        self.register_buffer("position", position_one(dim), persistent=False)
-        self.layers = nn.ModuleList(
-            TransformerLayer(dim, heads, attn_dropout, relu_dropout, res_dropout)
-            for _ in range(layers)
-        )
-        self.layer_norm = nn.LayerNorm(dim)
-        self.embed_dropout = embed_dropout
-
-    def embed(self, x: Tensor) -> Tensor:
-        pos = self.position * (x[..., :1] != 0).to(x.dtype)
-        return F.dropout(self.scale * x + pos, self.embed_dropout, self.training)
-
-    def forward(self, x: Tensor, kv: Tensor | None = None) -> Tensor:
-        # x, kv: [N, D] (one position each) -> [N, D]
-        h = self.embed(x)[None]
-        # key and value: the same features, embedded (and dropped out) apart, as released
-        k, v = (None, None) if kv is None else (self.embed(kv)[None], self.embed(kv)[None])
-        for layer in self.layers:
-            h = layer(h, k, v)
-        return self.layer_norm(h)[0]
-
-
 # ---- the model --------------------------------------------------------------------------------
-class DiCMoRNet(nn.Module):
+class DiCMoRNet(MulTNet):
     """Frozen projections -> flows (NLL against label priors; inverse flows recover missing
-    modalities, then refinement) -> MulT -> residual head. Module names follow the released
-    model's (l = text)."""
+    modalities, then refinement) -> MulT -> residual head (`methods/mult.py`)."""
 
     def __init__(
-        self,
-        spec: DataSpec,
-        dim: int,
-        heads: int,
-        layers: int,
-        flow_steps: int,
-        coupling_hidden: int,
-        refine_blocks: int,
-        refine_reduction: int,
-        text_dropout: float,
-        attn_dropout: float,
-        attn_dropout_a: float,
-        attn_dropout_v: float,
-        relu_dropout: float,
-        res_dropout: float,
-        embed_dropout: float,
-        output_dropout: float,
+        self, spec: DataSpec, flow_steps: int, coupling_hidden: int, **backbone: Any
     ) -> None:
-        super().__init__()
+        super().__init__(spec, **backbone)
+        dim = backbone["dim"]
         self.regression = spec.task == "regression"
-        self.text_dropout, self.output_dropout = text_dropout, output_dropout
         priors = 2 * LABEL_RANGE + 1 if self.regression else spec.num_classes
-        for r, m in RELEASED.items():
-            setattr(self, f"proj_{r}", nn.Linear(spec.widths[m], dim, bias=False))
+        for r in RELEASED:
             setattr(self, f"flow_{r}", Flow(dim, flow_steps, coupling_hidden))
-            setattr(self, f"rec_{r}", Refinement(dim, refine_blocks, refine_reduction))
             setattr(self, f"cat_{r}", nn.Linear(2 * dim, dim))
         self.prior_bias = nn.Parameter(torch.zeros(priors, 2 * dim))
         self.prior_scale = nn.Parameter(torch.zeros(priors, 2 * dim))
-        drop = {"l": attn_dropout, "a": attn_dropout_a, "v": attn_dropout_v}
-        rest = (relu_dropout, res_dropout, embed_dropout)
-        for r in BACKBONE:  # crossmodal: r attended by the other two; then r's memory
-            for o in BACKBONE:
-                if o != r:
-                    net = TransformerEncoder(dim, heads, layers, drop[o], *rest)
-                    setattr(self, f"trans_{r}_with_{o}", net)
-            mem = TransformerEncoder(2 * dim, heads, max(layers, 3), attn_dropout, *rest)
-            setattr(self, f"trans_{r}_mem", mem)
-        joint = 6 * dim
-        self.proj1 = nn.Linear(joint, joint)
-        self.proj2 = nn.Linear(joint, joint)
-        self.out_layer = nn.Linear(joint, spec.num_classes)
-
-    def projected(self, batch: Batch) -> dict[str, Tensor]:
-        """Released letter -> projected features [N, d] of every (flattened) utterance, zero
-        input where missing; no gradient reaches the projections."""
-        keep = (batch.available & batch.valid[..., None]).flatten(0, 1)  # [N, M]
-        out = {}
-        for r, m in RELEASED.items():
-            x = batch.features[m].flatten(0, 1) * keep[:, MODALITIES.index(m), None]
-            if r == "l":
-                x = F.dropout(x, self.text_dropout, self.training)
-            with torch.no_grad():
-                out[r] = getattr(self, f"proj_{r}")(x)
-        return out
 
     def recover(
         self, proj: dict[str, Tensor], avail: Tensor
@@ -334,14 +181,7 @@ class DiCMoRNet(nn.Module):
         if stage == RECOVER:
             proj, recovered = self.recover(proj, avail)
             extras = {f"recovered_{r}": x for r, x in recovered.items()}
-        last = []
-        for r in BACKBONE:
-            partners = [o for o in BACKBONE if o != r]
-            crossed = [getattr(self, f"trans_{r}_with_{o}")(proj[r], proj[o]) for o in partners]
-            last.append(getattr(self, f"trans_{r}_mem")(torch.cat(crossed, dim=-1)))
-        h = torch.cat(last, dim=-1)
-        h = self.proj2(F.dropout(F.relu(self.proj1(h)), self.output_dropout, self.training)) + h
-        return ModelOutput(fused=self.out_layer(h).view(b, n, -1), extras=extras)
+        return ModelOutput(fused=self.backbone(proj).view(b, n, -1), extras=extras)
 
     def prior(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log-sd) [N, d] of each utterance's label prior."""
@@ -412,38 +252,11 @@ def convert_released_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
         name = name.replace(".net.4.conv.", ".net.4.linear.")
         if name.endswith(".net.4.scale"):
             value = value.flatten()
-        rec = re.match(r"^(rec_[lva])\.(\d)\.(.*)$", name)
-        if rec:
-            name = _refinement_name(rec.group(1), int(rec.group(2)), rec.group(3))
-        if value.dim() == 3:  # Conv1d [out, in, k]: the centre tap at length 1
-            value = value[:, :, value.shape[-1] // 2]
-        elif value.dim() == 4:  # Conv2d 1x1
-            value = value[:, :, 0, 0]
+        name, value = length_one(name, value)
         out[name] = value
     out["prior_bias"] = torch.stack([bias[n] for n in PRIOR_NAMES])
     out["prior_scale"] = torch.stack([scale[n] for n in PRIOR_NAMES])
     return out
-
-
-def _refinement_name(owner: str, part: int, rest: str) -> str:
-    """rec_r.0 (Conv1d d->2d), rec_r.1 (the RCAN group: body.k = block k, body.20 = its tail
-    convolution), rec_r.2 (Conv1d 2d->d), under our `Refinement` names."""
-    if part == 0:
-        return f"{owner}.inp.{rest}"
-    if part == 2:
-        return f"{owner}.out.{rest}"
-    block = re.match(r"body\.(\d+)\.(.*)$", rest)
-    assert block is not None, rest
-    index, inner = int(block.group(1)), block.group(2)
-    inner_block = re.match(r"body\.(\d)\.(.*)$", inner)
-    if inner_block is None:  # the group's tail convolution
-        return f"{owner}.tail.{inner}"
-    k, leaf = int(inner_block.group(1)), inner_block.group(2)
-    if k in (0, 2):
-        return f"{owner}.blocks.{index}.body.{k}.{leaf}"
-    gate = re.match(r"conv_du\.(\d)\.(.*)$", leaf)  # k == 3: the channel attention
-    assert gate is not None, leaf
-    return f"{owner}.blocks.{index}.gate.{gate.group(1)}.{gate.group(2)}"
 
 
 # ---- the method -------------------------------------------------------------------------------
@@ -526,7 +339,9 @@ class DiCMoR(Method):
     }
     stages = (PRETRAIN, RECOVER)
     needs_complete = True  # the pretraining inputs, the NLL's and the recovery's targets
-    model = DiCMoRNet
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        return DiCMoRNet(spec, **self.model_kwargs(DiCMoRNet), **self.model_kwargs(MulTNet))
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         assert isinstance(model, DiCMoRNet)

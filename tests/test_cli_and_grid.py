@@ -18,9 +18,12 @@ from imerbench.results import read_results
 ROOT = Path(__file__).resolve().parents[1]
 
 
+EXCLUDED = ("dicmor", "imder")  # the quick grid leaves them out for their cost (quick.toml)
+
+
 def test_default_grid_is_every_method_on_synthetic() -> None:
     grid = default_grid()
-    every = [m for m in list_methods() if m != "dicmor"]  # excluded for its cost (quick.toml)
+    every = [m for m in list_methods() if m not in EXCLUDED]
     assert [m.label for m in grid.methods] == every
     assert grid.datasets == ("synthetic",)
     assert [str(m) for m in grid.missing_rates] == ["0.0", "0.3", "0.5", "0.7"]
@@ -48,7 +51,7 @@ def test_built_in_grids_run_by_name_and_show_as_toml(run_cli) -> None:
     shown = tomllib.loads(out)  # the printed text is the grid file itself
     assert shown == tomllib.loads((ROOT / "imerbench/grids/quick.toml").read_text())
     # 4 rates x 3 seeds per method, plus a, t and v x 3 seeds per multimodal method
-    methods = [m for m in list_methods() if m != "dicmor"]  # the grid excludes DiCMoR
+    methods = [m for m in list_methods() if m not in EXCLUDED]
     assert sorted(m.name for m in load_grid("quick").methods) == sorted(methods)
     multimodal = [m for m in methods if method_info(m).role != "ceiling"]
     assert f"{12 * len(methods) + 9 * len(multimodal)} cells" in out.splitlines()[-1]

@@ -46,16 +46,21 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from imerbench.methods.mult import RELEASED, MulTNet, length_one
+from imerbench.methods.mult import (
+    PRETRAIN,
+    RECOVER,
+    RELEASED,
+    MulTMethod,
+    MulTNet,
+    length_one,
+    mult_params,
+)
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch
-from imerbench.losses import masked_mean
-from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
+from imerbench.method import DataSpec, ModelOutput, Param
 from imerbench.registry import register_method
 
-PRETRAIN, RECOVER = "pretrain", "recover"
 LABEL_RANGE = 3  # regression priors for the rounded labels -3..3
 
 
@@ -261,25 +266,19 @@ def convert_released_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor
 
 # ---- the method -------------------------------------------------------------------------------
 @register_method("dicmor", paper_name="DiCMoR")
-class DiCMoR(Method):
+class DiCMoR(MulTMethod):
     """Flows into label-conditioned latents; missing modalities by inverse flows (DiCMoR)."""
 
     params = {
-        "dim": Param(32, low=2, help="projected width d (even)"),
-        "heads": Param(8, low=1, help="attention heads"),
-        "layers": Param(4, low=1, help="crossmodal layers (memory: max(layers, 3))"),
+        **mult_params(
+            text_dropout=0.5,
+            attn_dropout=0.3,
+            attn_dropout_a=0.2,
+            embed_dropout=0.2,
+            output_dropout=0.5,
+        ),
         "flow_steps": Param(32, low=1, help="affine couplings per flow"),
         "coupling_hidden": Param(64, low=1, help="width of each coupling's network"),
-        "refine_blocks": Param(20, low=1, help="channel-attention blocks of the refinement"),
-        "refine_reduction": Param(16, low=1, help="their squeeze factor"),
-        "text_dropout": Param(0.5, low=0.0, high=0.9),
-        "attn_dropout": Param(0.3, low=0.0, high=0.9),
-        "attn_dropout_a": Param(0.2, low=0.0, high=0.9),
-        "attn_dropout_v": Param(0.0, low=0.0, high=0.9),
-        "relu_dropout": Param(0.0, low=0.0, high=0.9),
-        "res_dropout": Param(0.0, low=0.0, high=0.9),
-        "embed_dropout": Param(0.2, low=0.0, high=0.9),
-        "output_dropout": Param(0.5, low=0.0, high=0.9),
         "nll_weight": Param(0.1, low=0.0, help="weight of the NLL and reconstruction terms"),
         "clip_value": Param(0.6, low=0.0, help="gradient clipping by value; 0: off"),
     }
@@ -337,40 +336,15 @@ class DiCMoR(Method):
             "patience": 10,
         },
     }
-    stages = (PRETRAIN, RECOVER)
-    needs_complete = True  # the pretraining inputs, the NLL's and the recovery's targets
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        return DiCMoRNet(spec, **self.model_kwargs(DiCMoRNet), **self.model_kwargs(MulTNet))
+    model = DiCMoRNet
+    recovery = ("flow_", "rec_", "cat_", "prior_")
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         assert isinstance(model, DiCMoRNet)
-        if batch.complete is None:
-            raise ValueError("dicmor trains on batches with `complete` (needs_complete=True)")
-        task = self.task_loss(out.fused, batch)
-        if stage == PRETRAIN:
+        task = self.task_loss(out, batch)
+        if stage == PRETRAIN or batch.complete is None:
             return task
         proj = model.projected(batch.complete)  # one draw of text dropout for both terms
         nll = model.nll(proj, batch.complete)
         rec = recovery_loss(out, proj, batch)
         return task + self.hp["nll_weight"] * (nll["l"] + nll["v"] + nll["a"] + rec)
-
-    @staticmethod
-    def task_loss(pred: Tensor, batch: Batch) -> Tensor:
-        """L1 for regression (the released loss), cross-entropy for classes."""
-        if batch.labels.dtype.is_floating_point:
-            return masked_mean((pred.squeeze(-1) - batch.labels).abs(), batch.valid)
-        per_utt = F.cross_entropy(pred.flatten(0, 1), batch.labels.flatten(), reduction="none")
-        return masked_mean(per_utt.view_as(batch.valid), batch.valid)
-
-    def after_backward(
-        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
-    ) -> None:
-        if self.hp["clip_value"] > 0:
-            nn.utils.clip_grad_value_(model.parameters(), self.hp["clip_value"])
-
-    def idle_parameters(self, model: nn.Module, stage: str) -> set[str]:
-        frozen = ("proj_l.", "proj_a.", "proj_v.")
-        if stage == PRETRAIN:
-            frozen += ("flow_", "rec_", "cat_", "prior_")
-        return {n for n, _ in model.named_parameters() if n.startswith(frozen)}

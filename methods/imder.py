@@ -45,15 +45,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from imerbench.methods.mult import RELEASED, MulTNet
+from imerbench.methods.mult import PRETRAIN, RECOVER, RELEASED, MulTMethod, MulTNet, mult_params
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch
 from imerbench.losses import masked_mean
-from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
+from imerbench.method import DataSpec, ModelOutput, Param
 from imerbench.registry import register_method
 
-PRETRAIN, RECOVER = "pretrain", "recover"
 SIGMA = 25.0
 SCORE_EPS, SAMPLER_EPS = 1e-5, 1e-3
 EVAL_SEED = 0
@@ -211,26 +210,14 @@ class IMDerNet(MulTNet):
 
 
 @register_method("imder", paper_name="IMDer")
-class IMDer(Method):
+class IMDer(MulTMethod):
     """Missing modalities drawn by conditional score-based diffusion, then refined (IMDer)."""
 
     params = {
-        "dim": Param(32, low=2, help="projected width d"),
-        "heads": Param(8, low=1, help="attention heads"),
-        "layers": Param(4, low=1, help="crossmodal layers (memory: max(layers, 3))"),
-        "refine_blocks": Param(20, low=1, help="channel-attention blocks of the refinement"),
-        "refine_reduction": Param(16, low=1, help="their squeeze factor"),
+        **mult_params(attn_dropout_a=0.2, embed_dropout=0.2),
         "score_hidden": Param(256, low=1, help="score MLP width (adaptation: no U-Net)"),
         "time_embed": Param(256, low=2, help="time embedding width (released 256)"),
         "sampling_steps": Param(100, low=1, help="Euler-Maruyama steps"),
-        "text_dropout": Param(0.0, low=0.0, high=0.9),
-        "attn_dropout": Param(0.0, low=0.0, high=0.9),
-        "attn_dropout_a": Param(0.2, low=0.0, high=0.9),
-        "attn_dropout_v": Param(0.0, low=0.0, high=0.9),
-        "relu_dropout": Param(0.0, low=0.0, high=0.9),
-        "res_dropout": Param(0.0, low=0.0, high=0.9),
-        "embed_dropout": Param(0.2, low=0.0, high=0.9),
-        "output_dropout": Param(0.0, low=0.0, high=0.9),
         "score_weight": Param(0.1, low=0.0, help="weight of the score and reconstruction terms"),
         "clip_value": Param(1.0, low=0.0, help="gradient clipping by value; 0: off"),
     }
@@ -262,24 +249,13 @@ class IMDer(Method):
         },
         "iemocap": published | {"batch_size": 32},
     }
-    stages = (PRETRAIN, RECOVER)
-    needs_complete = True  # the pretraining inputs, the score and refinement targets
-
-    def build(self, spec: DataSpec) -> nn.Module:
-        return IMDerNet(spec, **self.model_kwargs(IMDerNet), **self.model_kwargs(MulTNet))
+    model = IMDerNet
+    recovery = ("score_", "rec_", "cat_")
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         assert isinstance(model, IMDerNet)
-        if batch.complete is None:
-            raise ValueError("imder trains on batches with `complete` (needs_complete=True)")
-        if batch.labels.dtype.is_floating_point:  # the released L1
-            task = masked_mean((out.fused.squeeze(-1) - batch.labels).abs(), batch.valid)
-        else:
-            per_utt = F.cross_entropy(
-                out.fused.flatten(0, 1), batch.labels.flatten(), reduction="none"
-            )
-            task = masked_mean(per_utt.view_as(batch.valid), batch.valid)
-        if stage == PRETRAIN:
+        task = self.task_loss(out, batch)
+        if stage == PRETRAIN or batch.complete is None:
             return task
         target = model.projected(batch.complete)
         valid = batch.valid.flatten()
@@ -295,15 +271,3 @@ class IMDer(Method):
             terms += [masked_mean(per_utt, missing), masked_mean(rec, missing)]
         extra = torch.stack(terms).sum() if terms else task.new_zeros(())
         return task + self.hp["score_weight"] * extra
-
-    def after_backward(
-        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
-    ) -> None:
-        if self.hp["clip_value"] > 0:
-            nn.utils.clip_grad_value_(model.parameters(), self.hp["clip_value"])
-
-    def idle_parameters(self, model: nn.Module, stage: str) -> set[str]:
-        frozen = ("proj_l.", "proj_a.", "proj_v.")
-        if stage == PRETRAIN:
-            frozen += ("score_", "rec_", "cat_")
-        return {n for n, _ in model.named_parameters() if n.startswith(frozen)}

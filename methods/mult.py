@@ -21,8 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch
-from imerbench.method import DataSpec
+from imerbench.losses import masked_mean
+from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 
+PRETRAIN, RECOVER = "pretrain", "recover"
 RELEASED = {"l": "t", "v": "v", "a": "a"}  # the released modality letters, in its order
 BACKBONE = ("l", "a", "v")  # the order of its crossmodal partners and of its last states
 
@@ -198,6 +200,63 @@ class MulTNet(nn.Module):
         h = torch.cat(last, dim=-1)
         h = self.proj2(F.dropout(F.relu(self.proj1(h)), self.output_dropout, self.training)) + h
         return self.out_layer(h)
+
+
+DROPOUTS = (
+    "text_dropout", "attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
+    "res_dropout", "embed_dropout", "output_dropout",
+)  # fmt: skip
+
+
+def mult_params(**dropouts: float) -> dict[str, Param]:
+    """The backbone's hyper-parameters (released MOSI sizes) with each method's dropouts."""
+    params = {
+        "dim": Param(32, low=2, help="projected width d (even)"),
+        "heads": Param(8, low=1, help="attention heads"),
+        "layers": Param(4, low=1, help="crossmodal layers (memory: max(layers, 3))"),
+        "refine_blocks": Param(20, low=1, help="channel-attention blocks of the refinement"),
+        "refine_reduction": Param(16, low=1, help="their squeeze factor"),
+    }
+    for name in DROPOUTS:
+        params[name] = Param(dropouts.get(name, 0.0), low=0.0, high=0.9)
+    return params
+
+
+class MulTMethod(Method):
+    """What DiCMoR and IMDer share around their recovery: two stages (the backbone on
+    complete inputs, then everything), the released task loss (L1 for regression), gradient
+    clipping by value, frozen projections. A subclass sets `model` (a `MulTNet`) and
+    `recovery` (its recovery modules' name prefixes, idle while pretraining)."""
+
+    stages = (PRETRAIN, RECOVER)
+    needs_complete = True  # the pretraining inputs and the recovery's targets
+    recovery: tuple[str, ...] = ()
+
+    def build(self, spec: DataSpec) -> nn.Module:
+        assert self.model is not None
+        return self.model(spec, **self.model_kwargs(self.model), **self.model_kwargs(MulTNet))
+
+    def task_loss(self, out: ModelOutput, batch: Batch) -> Tensor:
+        """L1 for regression (the released loss), cross-entropy for classes."""
+        if batch.complete is None:
+            raise ValueError(f"{self.name} trains on batches with `complete` (needs_complete)")
+        if batch.labels.dtype.is_floating_point:
+            return masked_mean((out.fused.squeeze(-1) - batch.labels).abs(), batch.valid)
+        pred = out.fused.flatten(0, 1)
+        per_utt = F.cross_entropy(pred, batch.labels.flatten(), reduction="none")
+        return masked_mean(per_utt.view_as(batch.valid), batch.valid)
+
+    def after_backward(
+        self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str, ctx: RunContext
+    ) -> None:
+        if self.hp["clip_value"] > 0:
+            nn.utils.clip_grad_value_(model.parameters(), self.hp["clip_value"])
+
+    def idle_parameters(self, model: nn.Module, stage: str) -> set[str]:
+        frozen = ("proj_l.", "proj_a.", "proj_v.")
+        if stage == PRETRAIN:
+            frozen += self.recovery
+        return {n for n, _ in model.named_parameters() if n.startswith(frozen)}
 
 
 def length_one(name: str, value: Tensor) -> tuple[str, Tensor]:

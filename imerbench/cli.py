@@ -8,11 +8,12 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import rich.progress as bar
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+import imerbench.progress as progress_lines
 from imerbench.cli_data import FEATURES_HELP, data_app, grid_app, masks_app
 from imerbench.errors import ImerbenchError, print_error_line, unknown_name
 
@@ -174,21 +175,24 @@ def run(
     start = time.perf_counter()
     counts = {"ok": 0, "failed": 0, "skipped": 0, "claimed": 0}
     failed = 0  # cells without a result: failed now, or before and not run again
-    with Progress(
-        TextColumn("[bold]cells"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
+    total = len(grid.cells())
+    last_line = start  # off a terminal: when the last progress line was printed
+    columns = (bar.BarColumn(), bar.MofNCompleteColumn(), bar.TimeElapsedColumn())
+    eta = (bar.TextColumn("ETA"), bar.TimeRemainingColumn())
+    with bar.Progress(
+        bar.TextColumn("[bold]cells"), *columns, *eta, console=console, transient=True
     ) as progress:
-        task = progress.add_task("cells", total=len(grid.cells()))
+        task = progress.add_task("cells", total=total)
 
         def on_cell(report: CellReport) -> None:
-            nonlocal failed
+            nonlocal failed, last_line
             counts[report.status] += 1
             failed += report.failed
             progress.advance(task)
+            now = time.perf_counter()
+            if not console.is_terminal and now - last_line >= progress_lines.EVERY:
+                last_line = now
+                console.print(progress_lines.line(counts, total, now - start))
             if report.status == "skipped":
                 return
             if report.status == "claimed":

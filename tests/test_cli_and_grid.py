@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from imerbench import progress
 from imerbench.errors import ImerbenchError
 from imerbench.grid import parse_method_ref
 from imerbench.grid_file import default_grid, grid_from_dict, load_grid
@@ -126,11 +127,15 @@ def test_cli_errors_are_one_line(one_error_line, monkeypatch, capsys, tmp_path: 
 
 def test_cli_run_table_and_list(run_cli, monkeypatch, capsys, tmp_path: Path) -> None:
     out = tmp_path / "run"
+    monkeypatch.setattr(progress, "EVERY", 0.0)  # not a terminal: a progress line every cell
     code, stdout, _ = run_cli("run", "--methods", "early-fusion,unimodal-v", "--missing-rates",
         "0.0", "--seeds", "0,1", "--epochs", "1", "--device", "cpu", "--out", str(out),
     )  # fmt: skip
     assert code == 0
     assert "4 cells ran, 0 failed" in stdout
+    lines = [line for line in stdout.splitlines() if line.startswith("progress: ")]
+    assert len(lines) == 4 and lines[-1].startswith("progress: 4/4 cells (4 ran, 0 already")
+    assert "ETA" in lines[0] and "ETA" not in lines[-1]
     assert "| early-fusion |" in stdout and "Bayes limit" in stdout
     code, table_md, _ = run_cli("table", str(out))
     assert code == 0 and "| unimodal-v |" in table_md
@@ -301,4 +306,15 @@ def test_configurations_the_rows_cannot_tell_apart_stop_the_table(
     )
     assert line.endswith(
         "compare their cell.json, keep one, or run them into separate --out folders"
+    )
+
+
+def test_progress_line_by_hand() -> None:
+    counts = {"ok": 37, "failed": 1, "skipped": 2, "claimed": 0}
+    # 72 s for 38 trained cells; 185 left: 72 / 38 * 185 = 350.5 s
+    assert progress.line(counts, 225, 72.0) == (
+        "progress: 40/225 cells (38 ran, 2 already done), 1m12s elapsed, ETA 5m51s"
+    )
+    assert progress.line({"ok": 0, "failed": 0, "skipped": 3, "claimed": 0}, 5, 4.2) == (
+        "progress: 3/5 cells (0 ran, 3 already done), 4s elapsed"
     )

@@ -76,9 +76,11 @@ def masks_export(
     if split not in ("val", "test"):
         raise ImerbenchError(f"--split {split}: use val or test")
     corpus = load_dataset(dataset, data_root, feature_names=feature_names(features))
-    store = MaskStore(masks_dir or Path("runs/quick/masks"))
+    directory = masks_dir or Path("runs/quick/masks")
+    store = MaskStore(directory)
     path = export_gcnet_masks(store, corpus, fold, split, parse_mask_spec(missing_rate), seed, out)
     typer.echo(f"wrote {split} masks of {corpus.name} fold {fold} MR {missing_rate} to {path}")
+    typer.echo(f"(the stored masks they come from, drawn there if new: {directory})")
 
 
 def feature_names(text: str | None) -> dict[str, str] | None:

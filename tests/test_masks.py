@@ -328,3 +328,12 @@ def test_export_gcnet_masks(tmp_path: Path) -> None:
         assert name == corpus.utterance_ids[utts[i]]
         assert row == [int(x) for x in mask[i]]
         assert set(row) <= {0, 1}
+
+
+def test_masks_export_says_where_it_writes(run_cli, tmp_path: Path) -> None:
+    store, out = tmp_path / "store", tmp_path / "test_mask.npz"
+    code, stdout, _ = run_cli(
+        "masks", "export", "--masks-dir", str(store), "--out", str(out), "--missing-rate", "0.3"
+    )
+    assert code == 0 and out.is_file() and any(store.rglob("*"))
+    assert str(out) in stdout and str(store) in stdout

@@ -5,16 +5,17 @@ how far the grid is and when it should end."""
 from __future__ import annotations
 
 EVERY = 30.0  # seconds between progress lines
+MIN_FOR_ETA = 5  # trained cells before an ETA (the first ones carry the start-up time)
 
 
 def line(counts: dict[str, int], total: int, elapsed: float) -> str:
     """`progress: 40/225 cells (38 ran, 2 already done), 1m12s elapsed, ETA 5m30s`: the ETA
-    from the cells this run trained so far."""
+    from the cells this run trained so far, once there are a few."""
     done = sum(counts.values())
     ran = counts["ok"] + counts["failed"]
     text = f"progress: {done}/{total} cells ({ran} ran, {counts['skipped']} already done)"
     text += f", {clock(elapsed)} elapsed"
-    if ran and done < total:
+    if ran >= MIN_FOR_ETA and done < total:
         text += f", ETA {clock(elapsed / ran * (total - done))}"
     return text
 

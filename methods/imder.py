@@ -45,10 +45,21 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from imerbench.methods.mult import PRETRAIN, RECOVER, RELEASED, MulTMethod, MulTNet, mult_params
+from imerbench.methods.mult import (
+    PRETRAIN,
+    RECOVER,
+    RELEASED,
+    MulTMethod,
+    MulTNet,
+    from_available,
+    mult_params,
+    others,
+    released_availability,
+    released_missing,
+)
 from torch import Tensor, nn
 
-from imerbench.data import MODALITIES, Batch
+from imerbench.data import Batch
 from imerbench.losses import masked_mean
 from imerbench.method import DataSpec, ModelOutput, Param
 from imerbench.registry import register_method
@@ -56,10 +67,16 @@ from imerbench.registry import register_method
 SIGMA = 25.0
 SCORE_EPS, SAMPLER_EPS = 1e-5, 1e-3
 EVAL_SEED = 0
-# The merge of two available modalities, named by the pair (the released cat_lv, cat_la,
-# cat_va), for each missing one.
-PAIRS = {"a": "lv", "v": "la", "l": "va"}
+# The released settings (config/config.json): lr 2e-3, batch 32 (MOSI) / 128 (MOSEI),
+# early stopping 20 epochs on validation, no epoch cap (100 here, each stage).
+PUBLISHED = {"lr": 2e-3, "weight_decay": 0.0, "patience": 20, "epochs": 200, "stage_epoch": 100}
 Score = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def pair(i: int) -> str:
+    """The letters of the two modalities other than i (the released `cat_lv` merges l and v
+    to recover a)."""
+    return "".join(list(RELEASED)[j] for j in others(i))
 
 
 def marginal_std(t: Tensor) -> Tensor:
@@ -162,8 +179,10 @@ class IMDerNet(MulTNet):
         self.sampling_steps = sampling_steps
         for r in RELEASED:
             setattr(self, f"score_{r}", ScoreMLP(dim, score_hidden, time_embed))
-        for pair in PAIRS.values():
-            setattr(self, f"cat_{pair}", nn.Linear(2 * dim, dim))
+        # The merge of the other two modalities, named by them; created as cat_lv, cat_la,
+        # cat_va (for a, v, l missing), the order their initial weights are drawn in.
+        for i in reversed(range(len(RELEASED))):
+            setattr(self, f"cat_{pair(i)}", nn.Linear(2 * dim, dim))
 
     def conditions(self, proj: dict[str, Tensor], avail: Tensor) -> dict[str, Tensor]:
         """For each modality, the condition [N, d] its sampler gets at each utterance: the
@@ -172,13 +191,9 @@ class IMDerNet(MulTNet):
         letters = list(RELEASED)
         out = {}
         for i, r in enumerate(letters):
-            others = [j for j in range(3) if j != i]
-            pair = PAIRS[r]
-            merged = getattr(self, f"cat_{pair}")(torch.cat([proj[p] for p in pair], dim=-1))
-            one = torch.where(
-                avail[:, others[0], None], proj[letters[others[0]]], proj[letters[others[1]]]
-            )
-            out[r] = torch.where(avail[:, others].all(-1, keepdim=True), merged, one)
+            first, second = (proj[letters[j]] for j in others(i))
+            merged = getattr(self, f"cat_{pair(i)}")(torch.cat([first, second], dim=-1))
+            out[r] = from_available(avail, i, first, second, merged)
         return out
 
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
@@ -188,8 +203,7 @@ class IMDerNet(MulTNet):
         proj = self.projected(batch)
         extras: dict[str, Tensor] = {}
         if stage == RECOVER:
-            order = [MODALITIES.index(m) for m in RELEASED.values()]
-            avail = (batch.available & batch.valid[..., None]).flatten(0, 1)[:, order]
+            avail = released_availability(batch)
             conditions = self.conditions(proj, avail)
             # Evaluation draws from a fixed seed: a cell's predictions are deterministic
             # (the released test-time samples are not); training from the run's stream.
@@ -221,9 +235,6 @@ class IMDer(MulTMethod):
         "score_weight": Param(0.1, low=0.0, help="weight of the score and reconstruction terms"),
         "clip_value": Param(1.0, low=0.0, help="gradient clipping by value; 0: off"),
     }
-    # The released settings (config/config.json): lr 2e-3, batch 32 (MOSI) / 128 (MOSEI),
-    # early stopping 20 epochs on validation, no epoch cap (100 here, each stage).
-    published = {"lr": 2e-3, "weight_decay": 0.0, "patience": 20, "epochs": 200, "stage_epoch": 100}
     profiles = {
         "quick": {
             "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
@@ -238,8 +249,8 @@ class IMDer(MulTMethod):
             "time_embed": 32,
             "sampling_steps": 10,
         },
-        "mosi": published | {"batch_size": 32},
-        "mosei": published
+        "mosi": PUBLISHED | {"batch_size": 32},
+        "mosei": PUBLISHED
         | {
             "batch_size": 128,
             "layers": 6,
@@ -247,7 +258,7 @@ class IMDer(MulTMethod):
             "embed_dropout": 0.0,
             "clip_value": 0.6,
         },
-        "iemocap": published | {"batch_size": 32},
+        "iemocap": PUBLISHED | {"batch_size": 32},
     }
     model = IMDerNet
     recovery = ("score_", "rec_", "cat_")
@@ -258,12 +269,12 @@ class IMDer(MulTMethod):
         if stage == PRETRAIN or batch.complete is None:
             return task
         target = model.projected(batch.complete)
-        valid = batch.valid.flatten()
+        missing_all = released_missing(batch)
         terms = []
-        for r, m in RELEASED.items():
+        for i, r in enumerate(RELEASED):
             if f"recovered_{r}" not in out.extras:
                 continue
-            missing = (~batch.available[..., MODALITIES.index(m)]).flatten() & valid
+            missing = missing_all[:, i]
             truth = target[r].detach()
             score: Score = getattr(model, f"score_{r}")
             per_utt = score_matching_loss(score, truth, out.extras[f"condition_{r}"])

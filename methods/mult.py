@@ -26,6 +26,7 @@ from imerbench.method import DataSpec, Method, ModelOutput, Param, RunContext
 
 PRETRAIN, RECOVER = "pretrain", "recover"
 RELEASED = {"l": "t", "v": "v", "a": "a"}  # the released modality letters, in its order
+ORDER = [MODALITIES.index(m) for m in RELEASED.values()]  # our modality index of each
 BACKBONE = ("l", "a", "v")  # the order of its crossmodal partners and of its last states
 
 
@@ -206,6 +207,31 @@ DROPOUTS = (
     "text_dropout", "attn_dropout", "attn_dropout_a", "attn_dropout_v", "relu_dropout",
     "res_dropout", "embed_dropout", "output_dropout",
 )  # fmt: skip
+
+
+def released_availability(batch: Batch) -> Tensor:
+    """[N, 3] bool: each (flattened) real utterance's available modalities, in the released
+    order (l, v, a)."""
+    return (batch.available & batch.valid[..., None]).flatten(0, 1)[:, ORDER]
+
+
+def released_missing(batch: Batch) -> Tensor:
+    """[N, 3] bool: each real utterance's missing modalities, in the released order."""
+    return (~batch.available & batch.valid[..., None]).flatten(0, 1)[:, ORDER]
+
+
+def others(i: int) -> list[int]:
+    """The released indices of the two modalities other than i, in the released order."""
+    return [j for j in range(len(RELEASED)) if j != i]
+
+
+def from_available(avail: Tensor, i: int, first: Tensor, second: Tensor, both: Tensor) -> Tensor:
+    """What recovers modality i at each utterance ([N, d]): `both` (a merge of the other two)
+    where both other modalities are available, else the one's (`first` from the lower released
+    index, `second` from the higher). avail: [N, 3] in the released order."""
+    j, k = others(i)
+    one = torch.where(avail[:, j, None], first, second)
+    return torch.where((avail[:, j] & avail[:, k])[:, None], both, one)
 
 
 def mult_params(**dropouts: float) -> dict[str, Param]:

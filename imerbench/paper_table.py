@@ -10,6 +10,7 @@ not report gets one line saying so, then its leaderboard.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from importlib import resources
 
 import pandas as pd
@@ -58,11 +59,15 @@ def adapted(label: str) -> bool:
     """Whether our method of `label` is an adaptation: the paper copied its published numbers
     from other papers (other features, another missing scheme), so ours, on this layout,
     are not the same experiment."""
-    paper_name = method_info(label).paper_name
-    if not paper_name:
-        return False
-    sources = set(paper_table_frame().query("method == @paper_name")["source"])
-    return bool(sources) and "rerun-by-paper-authors" not in sources
+    return method_info(label).paper_name in copied_methods()
+
+
+@cache
+def copied_methods() -> frozenset[str]:
+    """The published names whose every row the paper copied from another paper (read once)."""
+    table = paper_table_frame()
+    rerun = set(table.loc[table["source"] == "rerun-by-paper-authors", "method"])
+    return frozenset(set(table["method"]) - rerun)
 
 
 ADAPTED = " (adaptation)"

@@ -283,6 +283,11 @@ class Method:
         its own, and evaluation batches freely."""
         return None
 
+    def mask_epoch(self, epoch: int) -> int:
+        """Which epoch's training mask (counted from 0) this epoch trains under: its own, by
+        default (masks redrawn every epoch); a method may keep one draw for all."""
+        return epoch
+
     def stage_score(
         self, stage: str, val_scores: dict[str, dict[str, float]], primary: str
     ) -> float:

@@ -177,13 +177,17 @@ def member_batches(
     groups: np.ndarray | None,
     fixed: bool,
 ) -> Iterator[Batch]:
-    """A member's training batches of one epoch: its own training mask and data order. A
-    method declaring `fixed_train_masks` (MMIN's port draws its masks once) may keep the
-    first epoch's mask for every epoch."""
+    """A member's training batches of one epoch: its own training mask (the method says
+    which epoch's draw, `Method.mask_epoch`) and data order."""
     train = member.splits["train"]
-    mask_epoch = 0 if method.hp.get("fixed_train_masks", False) else epoch
     mask = train_mask(
-        corpus.name, fold, member.mask, member.seed, mask_epoch, train.num_utterances, groups
+        corpus.name,
+        fold,
+        member.mask,
+        member.seed,
+        method.mask_epoch(epoch),
+        train.num_utterances,
+        groups,
     )
     order = rng("order", *stream(corpus, fold, member), epoch).permutation(train.num_dialogues)
     return train.with_mask(mask).batches(

@@ -281,6 +281,10 @@ class MMIN(Method):
     stackable = True
     model = MMINNet
 
+    def mask_epoch(self, epoch: int) -> int:
+        """The port draws its training masks once: with `fixed_train_masks`, the first."""
+        return 0 if self.hp["fixed_train_masks"] else epoch
+
     def configure_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return torch.optim.Adam(
             model.parameters(),

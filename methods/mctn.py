@@ -16,9 +16,11 @@ other features: `imerbench table --paper` marks ours as an adaptation):
   of one utterance; there is no dialogue context in either). At length 1 every recurrence
   starts from the zero state and runs one step, and attention over one position is the
   identity: an LSTM step is then i, g, o = Wx + b (its forget gate and recurrent weights
-  never act), c = sigmoid(i) tanh(g), h = sigmoid(o) tanh(c). This module builds exactly
-  those weights (`ZeroStateStep`); the attention energies and the recurrent weights of the
-  released cells, which would receive no gradient, are not built;
+  never act; the decoders' b is the sum of the released W1 and U biases), c = hs(i) tanh(g),
+  h = hs(o) tanh(c), with the released gate activation hs, Keras's hard sigmoid
+  clip(0.2 x + 0.5, 0, 1). This module builds exactly those weights (`ZeroStateStep`); the
+  attention energies and the recurrent weights of the released cells, which would receive
+  no gradient, are not built;
 - the released decoder cell computes its forget gate from the input gate's slice (a quirk);
   from the zero state the forget gate multiplies nothing, so it has no effect here;
 - as released, every modality is zero-padded to one width (here the widest modality's;
@@ -34,9 +36,9 @@ other features: `imerbench table --paper` marks ours as an adaptation):
   kernel, as Keras adds it to the loss;
 - the released code predicts with the last epoch's weights and its split is its own (the
   first 2/3 of the videos by id); here the harness's folds, stopping and selection apply.
-No fixture from the released code: it needs `recurrentshop`, a Keras 2.0 extension that is
-not installable here (and Keras 2.0 on TensorFlow 1); the cell equations are tested by hand
-(`tests/test_mctn.py`).
+`tests/test_mctn.py` copies the weights of a released model (Keras 2.2.4 on TensorFlow 1.15,
+recurrentshop bd3a7e2; `benchmarks/tools/mctn_released_fixture.py`) into ours and compares
+the translations, the cycle, the prediction and the loss.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ ORDER = ("t", "a", "v")  # source, first target (COVAREP), second target (FACET)
 PUBLISHED = {"epochs": 200, "batch_size": 32, "lr": 1e-4, "weight_decay": 0.0, "patience": 20}
 
 
+def hard_sigmoid(x: Tensor) -> Tensor:
+    """Keras 2.2's gate activation, the default of recurrentshop's cells and of Keras's LSTM
+    (torch's `hardsigmoid` has slope 1/6, not 0.2)."""
+    return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
 class ZeroStateStep(nn.Module):
     """One LSTM step from the zero state: the input, candidate and output gates of Wx + b."""
 
@@ -64,7 +72,7 @@ class ZeroStateStep(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         i, g, o = self.gates(x).chunk(3, dim=-1)
-        return torch.sigmoid(o) * torch.tanh(torch.sigmoid(i) * torch.tanh(g))
+        return hard_sigmoid(o) * torch.tanh(hard_sigmoid(i) * torch.tanh(g))
 
 
 class Encoder(nn.Module):

@@ -57,7 +57,6 @@ from imerbench.methods.mult import (
     mult_params,
     others,
     released_availability,
-    released_missing,
 )
 from torch import Tensor, nn
 
@@ -166,24 +165,29 @@ class DiCMoRNet(MulTNet):
 
     def recover(
         self, proj: dict[str, Tensor], avail: Tensor
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    ) -> tuple[dict[str, Tensor], dict[str, tuple[Tensor, Tensor]]]:
         """Each missing modality from the utterance's available ones: the inverse of its flow
-        on their latents (detached), merged by `cat_r` when two are available, refined.
+        on their latents (detached, as released: computed without gradient), merged by
+        `cat_r` when two are available, refined; only at the utterances where it is missing.
         avail: [N, 3] bool in the released order (l, v, a). Returns the features with the
-        recovered ones in place, and the recovered ones alone (r -> [N, d])."""
-        z = {r: getattr(self, f"flow_{r}")(x)[0] for r, x in proj.items()}
+        recovered ones in place, and per recovered modality r its (rows [n_r], values
+        [n_r, d])."""
         letters = list(RELEASED)
         filled, recovered = dict(proj), {}
         for i, r in enumerate(letters):
-            missing = ~avail[:, i]
-            if not bool(missing.any()):
+            rows = (~avail[:, i]).nonzero().squeeze(1)
+            if rows.numel() == 0:
                 continue
             flow = getattr(self, f"flow_{r}")
-            first, second = (flow.reverse(z[letters[j]]).detach() for j in others(i))
+            with torch.no_grad():
+                first, second = (
+                    flow.reverse(getattr(self, f"flow_{letters[j]}")(proj[letters[j]][rows])[0])
+                    for j in others(i)
+                )
             both = getattr(self, f"cat_{r}")(torch.cat([first, second], dim=-1))
-            rec = getattr(self, f"rec_{r}")(from_available(avail, i, first, second, both))
-            recovered[r] = rec
-            filled[r] = torch.where(missing[:, None], rec, proj[r])
+            rec = getattr(self, f"rec_{r}")(from_available(avail[rows], i, first, second, both))
+            recovered[r] = (rows, rec)
+            filled[r] = proj[r].index_put((rows,), rec)
         return filled, recovered
 
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
@@ -194,7 +198,7 @@ class DiCMoRNet(MulTNet):
         extras: dict[str, Tensor] = {}
         if stage == RECOVER:
             proj, recovered = self.recover(proj, released_availability(batch))
-            extras = {f"recovered_{r}": x for r, x in recovered.items()}
+            extras = {f"recovered_{r}": rows_values for r, rows_values in recovered.items()}
         return ModelOutput(fused=self.backbone(proj).view(b, n, -1), extras=extras)
 
     def prior(self, labels: Tensor) -> tuple[Tensor, Tensor]:
@@ -227,18 +231,16 @@ class DiCMoRNet(MulTNet):
 def recovery_loss(out: ModelOutput, target: dict[str, Tensor], batch: Batch) -> Tensor:
     """The refined recoveries against the complete projected features (`target`), averaged
     over the (utterance, missing modality) pairs of real utterances (0 when none is)."""
-    missing_all = released_missing(batch)
-    errors, counts = [], []
-    for i, r in enumerate(RELEASED):
+    errors, count = [], 0
+    for r in RELEASED:
         if f"recovered_{r}" not in out.extras:
             continue
-        missing = missing_all[:, i]
-        err = ((out.extras[f"recovered_{r}"] - target[r].detach()) ** 2).mean(-1)
-        errors.append((err * missing).sum())
-        counts.append(missing.sum())
+        rows, values = out.extras[f"recovered_{r}"]
+        errors.append(((values - target[r][rows].detach()) ** 2).mean(-1).sum())
+        count += rows.numel()
     if not errors:
         return batch.features["a"].new_zeros(())
-    return torch.stack(errors).sum() / torch.stack(counts).sum().clamp(min=1)
+    return torch.stack(errors).sum() / count
 
 
 # ---- released weights ---------------------------------------------------------------------------
@@ -294,7 +296,8 @@ class DiCMoR(MulTMethod):
     profiles = {
         # The released MOSI width (d = 32: the frozen random projections lose too much at
         # 16, 55.9 against 64.9 wa at MR 0), one crossmodal layer, 4 couplings, 2 blocks.
-        # About 12 s a cell on two CPU cores: not in the default grid (grids/quick.toml).
+        # One memory layer (released: 3). About 6 s a cell on two CPU cores: not in the
+        # default grid (grids/quick.toml).
         "quick": {
             "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
             "stage_epoch": 30,
@@ -302,6 +305,7 @@ class DiCMoR(MulTMethod):
             "lr": 3e-3,
             "heads": 2,
             "layers": 1,
+            "memory_min_layers": 1,
             "flow_steps": 4,
             "coupling_hidden": 16,
             "refine_blocks": 2,

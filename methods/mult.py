@@ -6,9 +6,10 @@ Both released models read word-level sequences; on the GCNet layout an utterance
 vector is a sequence of length 1 (`methods/dicmor.py` says what that changes). The
 projections are then kernel-1 convolutions (Linear, no bias, frozen: the released code runs
 them without gradient), the refinement's kernel-3 convolutions act through their centre tap,
-and each transformer attends over one position; the LayerNorms, the sinusoidal position 1
-(0 where the first feature is exactly 0: the released padding rule), the scaling and the
-dropouts are the released ones.
+and each transformer attends over one position (computed as its value path,
+`TransformerLayer.attend_one`); the LayerNorms, the sinusoidal position 1 (0 where the first
+feature is exactly 0: the released padding rule), the scaling and the dropouts are the
+released ones.
 """
 
 from __future__ import annotations
@@ -88,12 +89,25 @@ class TransformerLayer(nn.Module):
         self.layer_norms = nn.ModuleList([nn.LayerNorm(dim), nn.LayerNorm(dim)])
         self.relu_dropout, self.res_dropout = relu_dropout, res_dropout
 
-    def forward(self, x: Tensor, k: Tensor | None, v: Tensor | None) -> Tensor:
-        # x, k, v: [T, N, D]; k and v None: self-attention
+    def attend_one(self, values: Tensor) -> Tensor:
+        """The attention over one key: its softmax weight is 1 (dropped out per head as the
+        released attention dropout drops it), so the output is out_proj(dropped v_proj(v)),
+        whatever the query and key projections (they receive zero gradient either way)."""
+        attn = self.self_attn
+        dim = attn.embed_dim
+        assert attn.in_proj_weight is not None and attn.in_proj_bias is not None
+        v = F.linear(values, attn.in_proj_weight[2 * dim :], attn.in_proj_bias[2 * dim :])
+        if self.training and attn.dropout > 0:
+            heads = attn.num_heads
+            keep = torch.ones((*v.shape[:-1], heads, 1), dtype=v.dtype, device=v.device)
+            keep = F.dropout(keep, attn.dropout, True)  # the weight 1, dropped out per head
+            v = (v.unflatten(-1, (heads, dim // heads)) * keep).flatten(-2)
+        return attn.out_proj(v)
+
+    def forward(self, x: Tensor, kv: Tensor | None = None) -> Tensor:
+        # x, kv: [N, D], one position each; kv None: self-attention
         norm = self.layer_norms[0]
-        q = norm(x)
-        keys, values = (q, q) if k is None or v is None else (norm(k), norm(v))
-        h, _ = self.self_attn(q, keys, values, need_weights=False)
+        h = self.attend_one(norm(x if kv is None else kv))
         x = x + F.dropout(h, self.res_dropout, self.training)
         h = F.relu(self.fc1(self.layer_norms[1](x)))
         h = self.fc2(F.dropout(h, self.relu_dropout, self.training))
@@ -130,12 +144,13 @@ class TransformerEncoder(nn.Module):
 
     def forward(self, x: Tensor, kv: Tensor | None = None) -> Tensor:
         # x, kv: [N, D] (one position each) -> [N, D]
-        h = self.embed(x)[None]
-        # key and value: the same features, embedded (and dropped out) apart, as released
-        k, v = (None, None) if kv is None else (self.embed(kv)[None], self.embed(kv)[None])
+        h = self.embed(x)
+        # key and value: the same features, embedded (and dropped out) apart, as released;
+        # over one position the key is never read
+        v = None if kv is None else self.embed(kv)
         for layer in self.layers:
-            h = layer(h, k, v)
-        return self.layer_norm(h)[0]
+            h = layer(h, v)
+        return self.layer_norm(h)
 
 
 class MulTNet(nn.Module):
@@ -148,6 +163,7 @@ class MulTNet(nn.Module):
         dim: int,
         heads: int,
         layers: int,
+        memory_min_layers: int,
         refine_blocks: int,
         refine_reduction: int,
         text_dropout: float,
@@ -171,7 +187,8 @@ class MulTNet(nn.Module):
                 if o != r:
                     net = TransformerEncoder(dim, heads, layers, drop[o], *rest)
                     setattr(self, f"trans_{r}_with_{o}", net)
-            mem = TransformerEncoder(2 * dim, heads, max(layers, 3), attn_dropout, *rest)
+            depth = max(layers, memory_min_layers)
+            mem = TransformerEncoder(2 * dim, heads, depth, attn_dropout, *rest)
             setattr(self, f"trans_{r}_mem", mem)
         joint = 6 * dim
         self.proj1 = nn.Linear(joint, joint)
@@ -239,7 +256,10 @@ def mult_params(**dropouts: float) -> dict[str, Param]:
     params = {
         "dim": Param(32, low=2, help="projected width d (even)"),
         "heads": Param(8, low=1, help="attention heads"),
-        "layers": Param(4, low=1, help="crossmodal layers (memory: max(layers, 3))"),
+        "layers": Param(4, low=1, help="crossmodal layers"),
+        "memory_min_layers": Param(
+            3, low=1, help="the memory transformers' depth is max(layers, this); 3 as released"
+        ),
         "refine_blocks": Param(20, low=1, help="channel-attention blocks of the refinement"),
         "refine_reduction": Param(16, low=1, help="their squeeze factor"),
     }

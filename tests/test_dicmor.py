@@ -17,6 +17,7 @@ from imerbench.methods.dicmor import (
     Flow,
     convert_released_state_dict,
 )
+from imerbench.methods.mult import TransformerLayer
 from tiny_corpus import tiny_corpus
 
 from imerbench.data import Batch, SplitData
@@ -148,3 +149,58 @@ def test_pretraining_reads_the_complete_inputs() -> None:
         pretrain = model(batch, PRETRAIN).fused
         complete = model(batch.complete, PRETRAIN).fused
     torch.testing.assert_close(pretrain, complete)
+
+
+def test_attention_over_one_position_is_its_value_path() -> None:
+    """Over one key the softmax weight is 1: the shortcut equals torch's attention whatever
+    the query and key; in training the weight is dropped out per head (0 or 1 / (1 - p))."""
+    torch.manual_seed(0)
+    layer = TransformerLayer(8, heads=2, attn_dropout=0.5, relu_dropout=0.0, res_dropout=0.0)
+    layer.eval()
+    q, kv = torch.randn(5, 8), torch.randn(5, 8)
+    expected, _ = layer.self_attn(q[None], torch.randn(1, 5, 8), kv[None], need_weights=False)
+    torch.testing.assert_close(layer.attend_one(kv), expected[0])
+    with torch.no_grad():
+        layer.self_attn.out_proj.weight.copy_(torch.eye(8))
+        layer.self_attn.out_proj.bias.zero_()
+    value = layer.attend_one(kv)  # eval: v_proj(kv)
+    layer.train()
+    dropped = layer.attend_one(kv.repeat(200, 1)).view(200, 5, 2, 4)
+    scale = dropped / value.view(1, 5, 2, 4)
+    per_head = scale[..., 0]
+    assert torch.allclose(scale, per_head[..., None].expand_as(scale), atol=1e-5)  # per head
+    assert set(per_head.round().unique().tolist()) == {0.0, 2.0}
+    assert 0.4 < (per_head == 0).float().mean().item() < 0.6
+
+
+def test_memory_depth_is_at_least_its_floor() -> None:
+    spec = DataSpec("regression", 1, {"a": 5, "t": 7, "v": 6}, 1, 1)
+    for layers, floor, depth in ((1, 3, 3), (4, 3, 4), (1, 1, 1)):
+        model = create_method("dicmor", "quick", layers=layers, memory_min_layers=floor).build(spec)
+        assert len(model.trans_l_mem.layers) == depth
+        assert len(model.trans_l_with_a.layers) == layers
+
+
+def test_each_utterance_recovers_as_in_a_batch_of_its_own() -> None:
+    """Recovery runs on the rows where each modality is missing: in a batch of mixed
+    patterns every prediction equals the utterance's prediction alone."""
+    corpus = tiny_corpus("regression", num_dialogues=6)
+    method = create_method("dicmor", "quick")
+    torch.manual_seed(0)
+    model = method.build(data_spec(corpus))
+    model.eval()
+    data = SplitData(corpus, np.arange(6), "cpu")
+    keep = np.random.default_rng(3).random((data.num_utterances, 3)) < 0.5
+    keep[np.arange(data.num_utterances), np.arange(data.num_utterances) % 3] = True
+    batch = next(iter(data.with_mask(keep).batches(6)))
+    with torch.no_grad():
+        together = model(batch, RECOVER).fused
+        for d, u in batch.valid.nonzero().tolist()[:12]:
+            alone = batch.replace(
+                features={m: x[d : d + 1, u : u + 1] for m, x in batch.features.items()},
+                available=batch.available[d : d + 1, u : u + 1],
+                valid=batch.valid[d : d + 1, u : u + 1],
+                speakers=batch.speakers[d : d + 1, u : u + 1],
+                labels=batch.labels[d : d + 1, u : u + 1],
+            )
+            torch.testing.assert_close(model(alone, RECOVER).fused[0, 0], together[d, u])

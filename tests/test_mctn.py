@@ -43,9 +43,10 @@ def copy_step(step: ZeroStateStep, kernel: torch.Tensor, bias: torch.Tensor, ord
 
 
 def load_released(model: MCTNNet, fx: dict[str, np.ndarray]) -> None:
-    """recurrentshop's LSTMCell slices f, i, o, g (the recurrent kernel, unbiased, multiplies
-    the zero state); the attention decoder i, -, g, o with W1 and U both biased (W2 reads
-    out, W3's energies are softmaxed over one position); Keras's LSTM i, f, g, o (g: the candidate)."""
+    """Gate slices (g: the candidate): recurrentshop's LSTMCell f, i, o, g (the recurrent
+    kernel, unbiased, multiplies the zero state); the attention decoder i, -, g, o with W1
+    and U both biased (W2 reads out, W3's energies are softmaxed over one position); Keras's
+    LSTM i, f, g, o."""
     w = lambda k, name: weight(fx, k, name)  # noqa: E731
     for encoder, first in ((model.encoder1, 0), (model.encoder2, 6)):
         for step, k in ((encoder.forward_step, first), (encoder.backward_step, first + 3)):

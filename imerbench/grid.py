@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -32,14 +32,16 @@ class MethodRef:
     name: str
     overrides: tuple[tuple[str, Any], ...] = ()
     typed: str = ""  # the overrides as the user wrote them (spaces dropped), or ""
+    balance: MethodRef | None = None  # a balance strategy on it: `late-fusion+ogm-ge[...]`
 
     @property
     def label(self) -> str:
         """How rows and tables name it: as typed (`lr=1e-3` stays `lr=1e-3`)."""
-        if not self.overrides:
-            return self.name
-        inner = self.typed or ",".join(f"{k}={_literal(v)}" for k, v in self.overrides)
-        return f"{self.name}[{inner}]"
+        text = self.name
+        if self.overrides:
+            inner = self.typed or ",".join(f"{k}={_literal(v)}" for k, v in self.overrides)
+            text = f"{self.name}[{inner}]"
+        return text if self.balance is None else f"{text}+{self.balance.label}"
 
 
 def _literal(value: Any) -> str:
@@ -51,20 +53,37 @@ def _literal(value: Any) -> str:
 
 
 def parse_method_ref(text: str) -> MethodRef:
-    """`comp` or `comp[lbd=0.5,depth=2]`; values are TOML literals (true, 0.5, "x")."""
+    """`comp` or `comp[lbd=0.5,depth=2]`; values are TOML literals (true, 0.5, "x"). A balance
+    strategy follows a `+`: `late-fusion+ogm-ge[alpha=0.5]` (`imerbench/balance/`)."""
     text = text.strip()
-    name, _, rest = text.partition("[")
+    parts = _split_top_level(text, "+")
+    if len(parts) > 2:
+        raise ImerbenchError(f"method '{text}': one balance strategy at most (method+strategy)")
+    if len(parts) == 2:
+        from imerbench.balance import check_pairing, create_strategy
+
+        base = parse_method_ref(parts[0])
+        strategy = _parse_ref(parts[1], "balance strategy")
+        create_strategy(strategy.name, **dict(strategy.overrides))  # unknown names, bad values
+        check_pairing(base.name, get_entry(base.name).cls.offers, strategy.name)
+        return replace(base, balance=strategy)
+    get_entry(text.partition("[")[0].strip())  # unknown ids fail here, with a did-you-mean
+    return _parse_ref(text, "method")
+
+
+def _parse_ref(text: str, kind: str) -> MethodRef:
+    """A name with optional `[k=v,...]` overrides."""
+    name, _, rest = text.strip().partition("[")
     name = name.strip()
-    get_entry(name)  # unknown ids fail here, with a did-you-mean
     if not rest:
         return MethodRef(name)
     if not rest.endswith("]"):
-        raise ImerbenchError(f"method '{text}': overrides must close with ']'")
+        raise ImerbenchError(f"{kind} '{text}': overrides must close with ']'")
     pairs, typed = [], []
     for item in _split_top_level(rest[:-1]):
         key, eq, value = item.partition("=")
         if not eq:
-            raise ImerbenchError(f"method '{text}': override '{item}' must be key=value")
+            raise ImerbenchError(f"{kind} '{text}': override '{item}' must be key=value")
         try:
             parsed = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
@@ -74,8 +93,8 @@ def parse_method_ref(text: str) -> MethodRef:
     return MethodRef(name, tuple(sorted(pairs)), ",".join(typed))
 
 
-def _split_top_level(text: str) -> list[str]:
-    """Split on commas outside brackets and quotes."""
+def _split_top_level(text: str, sep: str = ",") -> list[str]:
+    """Split on `sep` outside brackets and quotes."""
     parts, depth, quote, start = [], 0, "", 0
     for i, ch in enumerate(text):
         if quote:
@@ -86,7 +105,7 @@ def _split_top_level(text: str) -> list[str]:
             depth += 1
         elif ch == "]":
             depth -= 1
-        elif ch == "," and depth == 0:
+        elif ch == sep and depth == 0:
             parts.append(text[start:i])
             start = i + 1
     parts.append(text[start:])

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from imerbench.balance import get_strategy, list_strategies
 from imerbench.data import list_datasets
 from imerbench.method import PROFILE_DEFAULTS, known_profiles
 from imerbench.registry import get_entry, list_methods
@@ -23,6 +24,10 @@ def print_catalog(console: Console) -> None:
         stacks = "stacks" if entry.cls.stackable else "alone"
         paper = f" [published as {info.paper_name}]" if info.paper_name else ""
         console.print(escape(f"  {name:16s} {role:11s} {stacks:6s} {info.description}{paper}"))
+    console.print("[bold]balance strategies[/] (method+strategy\\[k=v]; the methods that carry it)")
+    for name, carriers in strategy_carriers().items():
+        summary = get_strategy(name).summary
+        console.print(escape(f"  {name:16s} {summary}; on: {', '.join(carriers) or 'none'}"))
     console.print("[bold]datasets")
     for info in list_datasets():
         alias = f" (alias {', '.join(info.aliases)})" if info.aliases else ""
@@ -42,6 +47,14 @@ def print_catalog(console: Console) -> None:
 
 
 UNWRAPPED_WIDTH = 400
+
+
+def strategy_carriers() -> dict[str, list[str]]:
+    """Each balance strategy and the registered methods that offer what it needs."""
+    return {
+        name: [m for m in list_methods() if not get_strategy(name).missing(get_entry(m).cls.offers)]
+        for name in list_strategies()
+    }
 
 
 def print_method(console: Console, name: str) -> None:

@@ -150,6 +150,24 @@ class ModelOutput:
     extras: dict[str, Any] = field(default_factory=dict)  # loss ingredients, diagnostics
 
 
+@dataclass(frozen=True)
+class Part:
+    """A parameter of one modality's encoder: the whole tensor, or a block of input columns
+    of a Linear weight (early fusion's first layer reads every modality)."""
+
+    param: nn.Parameter
+    columns: slice | None = None
+
+    def grad(self) -> Tensor | None:
+        """The gradient of this part: a view, so changing it in place changes the parameter's."""
+        g = self.param.grad
+        return g if g is None or self.columns is None else g[:, self.columns]
+
+    @property
+    def is_matrix(self) -> bool:
+        return self.param.dim() >= 2
+
+
 class Method:
     """Base class of every method. Constructors store; the harness calls the hooks.
 
@@ -170,7 +188,9 @@ class Method:
       (`imerbench/stacking.py`); False runs each cell alone;
     - `published_selection`: per task ("classification", "regression"), the metric the
       released code keeps its epoch by, where it is not the dataset's primary metric;
-      `--protocol paper` ranks the test-oracle epochs by it (`imerbench/plan.py`).
+      `--protocol paper` ranks the test-oracle epochs by it (`imerbench/plan.py`);
+    - `offers`: what it offers balance strategies (`imerbench/balance/base.py`, `OFFERS`):
+      "heads", "features" (with `feature_widths`), "encoders" (with `modality_parts`).
 
     A model must ignore the values at missing positions (the contract test changes them);
     batches hold zeros there, but nothing may rely on it.
@@ -184,6 +204,7 @@ class Method:
     needs_complete: ClassVar[bool] = False
     stackable: ClassVar[bool] = False
     published_selection: ClassVar[dict[str, str]] = {}
+    offers: ClassVar[frozenset[str]] = frozenset()
 
     def __init__(self, info: MethodInfo | None = None, **hparams: Any) -> None:
         self.info = info or MethodInfo(type(self).__name__.lower())
@@ -333,6 +354,15 @@ class Method:
     def diagnostics(self, model: nn.Module) -> dict[str, float]:
         """Numbers recorded with the run (e.g. mean fusion weight per modality)."""
         return {}
+
+    # ---- what balance strategies may use (declared in `offers`) ------------------------------
+    def modality_parts(self, model: nn.Module) -> dict[str, list[Part]]:
+        """Each modality's own parameters ("encoders"), disjoint across modalities."""
+        raise NotImplementedError(f"{self.name} does not offer its encoders")
+
+    def feature_widths(self, spec: DataSpec) -> dict[str, int]:
+        """The width of each modality's features in `extras["modality_features"]`."""
+        raise NotImplementedError(f"{self.name} does not offer its features")
 
 
 def known_profiles() -> list[str]:

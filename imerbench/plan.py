@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imerbench.balance.compose import Balanced, balanced
 from imerbench.data import DEFAULT_FEATURE_NAMES, resolve_dataset, resolve_feature_names
 from imerbench.devices import JOBS_PER_DEVICE, assign_devices, device_count, resolve_device
 from imerbench.frozen import FrozenDict
@@ -86,6 +87,8 @@ def cell_method(cell: Cell) -> Method:
     """The cell's method, configured for its dataset profile, with the epoch override."""
     info = resolve_dataset(cell.dataset)
     method = create_method(cell.method.name, info.profile, **dict(cell.method.overrides))
+    if cell.method.balance is not None:
+        method = balanced(method, cell.method.balance.name, dict(cell.method.balance.overrides))
     return method if cell.epochs is None else method.with_epochs(cell.epochs)
 
 
@@ -116,6 +119,8 @@ def cell_config(cell: Cell, method: Method, grid: Grid) -> dict[str, Any]:
     }
     if cell.protocol == "paper":  # absent otherwise: existing default cells still resume
         config["selected_on"] = selection_metric(cell, method)
+    if isinstance(method, Balanced):  # absent without a strategy, as above
+        config["balance"] = {"strategy": method.strategy.name, "hparams": method.strategy.hp}
     if grid.precision != "fp32":  # absent for fp32: existing fp32 cell folders still resume
         config["precision"] = grid.precision
     if can_stack(method):  # its dropout and noise come from the cell's own generator (and

@@ -95,10 +95,11 @@ def list_methods() -> list[str]:
 
 
 def method_info(label: str) -> MethodInfo:
-    """The registration metadata of a method label (`id` or `id[k=v,...]`); a method that is
-    not registered here (a plug-in not installed) is a plain `method`."""
+    """The registration metadata of a method label (`id`, `id[k=v,...]`, either with a
+    `+strategy`: the method's); a method that is not registered here (a plug-in not
+    installed) is a plain `method`."""
     _load_all()
-    name = label.partition("[")[0].strip()
+    name = label.partition("[")[0].partition("+")[0].strip()
     entry = _REGISTRY.get(name)
     return entry.info if entry is not None else MethodInfo(name)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from imerbench.balance.compose import balanced
 from imerbench.data import MaskStore, SplitData, load_dataset, parse_mask_spec, resolve_dataset
 from imerbench.errors import ImerbenchError
 from imerbench.evaluation import Scores, evaluate, subset_scores
@@ -36,6 +37,8 @@ def rescore_cell(
     fixed = get_entry(config["method"]).fixed
     hparams = {k: v for k, v in config["hparams"].items() if k not in fixed}
     method = create_method(config["method"], info.profile, **hparams)
+    if "balance" in config:
+        method = balanced(method, config["balance"]["strategy"], config["balance"]["hparams"])
     corpus = load_dataset(
         info.id,
         config.get("data_root"),

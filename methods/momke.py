@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from imerbench.data import MODALITIES, Batch
 from imerbench.layers import ExpertStack, Mlp
 from imerbench.losses import task_loss
-from imerbench.method import DataSpec, Method, ModelOutput, Param
+from imerbench.method import DataSpec, Method, ModelOutput, Param, Part
 from imerbench.registry import register_method
 
 UNIMODAL, FUSION = "unimodal", "fusion"
@@ -53,6 +53,7 @@ class MoMKENet(nn.Module):
         attn_dropout: float,
     ) -> None:
         super().__init__()
+        self.hidden = hidden
         self.proj = nn.ModuleDict(
             {
                 m: nn.Sequential(nn.Linear(spec.widths[m], hidden), nn.Dropout(dropout))
@@ -105,6 +106,10 @@ class MoMKENet(nn.Module):
             [streams[m] * present[..., k : k + 1] for k, m in enumerate(MODALITIES)], dim=-1
         )  # [B, L, 3D], a missing modality's stream zeroed
         h = x_joint + self.fuse_drop(torch.relu(self.fuse(x_joint)))
+        extras["modality_features"] = {
+            m: x_joint[..., k * self.hidden : (k + 1) * self.hidden]
+            for k, m in enumerate(MODALITIES)
+        }  # each modality's stream as the fusion reads it
         return ModelOutput(fused=self.out(h), heads=heads, extras=extras)
 
 
@@ -162,6 +167,20 @@ class MoMKE(Method):
     stages = (UNIMODAL, FUSION)
     needs_complete = True  # the unimodal stage trains on complete inputs
     model = MoMKENet
+    offers = frozenset({"heads", "features", "encoders"})
+
+    def modality_parts(self, model: nn.Module) -> dict[str, list[Part]]:
+        """Modality m's projection and its expert in every layer (the expert also reads the
+        other streams in the fusion stage: its parameters are still m's alone)."""
+        assert isinstance(model, MoMKENet)
+        return {
+            m: [Part(p) for p in model.proj[m].parameters()]
+            + [Part(p) for layer in model.experts.layers for p in layer[m].parameters()]
+            for m in MODALITIES
+        }
+
+    def feature_widths(self, spec: DataSpec) -> dict[str, int]:
+        return dict.fromkeys(MODALITIES, self.hp["hidden"])
 
     def loss(self, model: nn.Module, out: ModelOutput, batch: Batch, stage: str) -> Tensor:
         if stage == FUSION:

@@ -340,3 +340,13 @@ def test_a_balanced_cell_runs_from_a_grid_and_records_its_strategy(small_grid, t
     assert "mmpareto" in listing.output
     line = next(s for s in listing.output.splitlines() if s.strip().startswith("mmpareto"))
     assert line.endswith("on: late-fusion, momke")
+
+
+def test_pmr_bins_regression_labels() -> None:
+    from imerbench.balance.pmr import class_index
+
+    labels = torch.tensor([[-2.6, -0.4, 0.0, 0.4, 3.7]])
+    batch = Batch({}, torch.ones(1, 5, 3, dtype=torch.bool), torch.ones(1, 5, dtype=torch.bool),
+                  torch.zeros(1, 5).long(), labels)  # fmt: skip
+    assert class_index(batch, "sign").tolist() == [[0, 0, 1, 1, 1]]
+    assert class_index(batch, "seven").tolist() == [[0, 3, 3, 3, 6]]  # round(clip(y)) + 3

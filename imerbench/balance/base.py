@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imerbench.data import MODALITIES, Batch
@@ -47,22 +46,6 @@ def true_class_score(pred: Tensor, batch: Batch) -> Tensor:
         return torch.exp(-(pred.squeeze(-1) - batch.labels).abs())
     probs = pred.float().softmax(-1)
     return probs.gather(-1, batch.labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-
-
-def per_utterance_loss(pred: Tensor, batch: Batch) -> Tensor:
-    """The task loss of each utterance [B, L]: cross-entropy, or squared error."""
-    if batch.labels.dtype.is_floating_point:
-        return (pred.squeeze(-1) - batch.labels) ** 2
-    flat = F.cross_entropy(
-        pred.flatten(0, 1).float(), batch.labels.clamp(min=0).flatten(), reduction="none"
-    )
-    return flat.view_as(batch.valid)
-
-
-def mean_over(values: Tensor, where: Tensor) -> Tensor:
-    """The mean of `values` over the True positions of `where` (0 where none is)."""
-    where = where.to(values.dtype)
-    return (values * where).sum() / where.sum().clamp(min=1.0)
 
 
 class BalanceState(nn.Module):

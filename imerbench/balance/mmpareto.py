@@ -27,11 +27,10 @@ from imerbench.balance.base import (
     BalanceState,
     Strategy,
     active,
-    mean_over,
-    per_utterance_loss,
     presence,
 )
 from imerbench.data import MODALITIES, Batch
+from imerbench.losses import task_loss
 from imerbench.method import Param, Part
 
 Grads = list[Tensor]  # one per part of an encoder
@@ -89,9 +88,7 @@ class MMPareto(Strategy):
         self, model: nn.Module, out: Any, batch: Batch, base: Tensor, state: BalanceState
     ) -> Tensor:
         present = presence(batch)
-        unimodal = {
-            m: mean_over(per_utterance_loss(out.heads[m], batch), present[m]) for m in MODALITIES
-        }
+        unimodal = {m: task_loss(out.heads[m], batch, where=present[m]) for m in MODALITIES}
         total = base + torch.stack(list(unimodal.values())).sum()
         state.values.pop("grads", None)
         if not self.in_window(state) or not torch.is_grad_enabled():

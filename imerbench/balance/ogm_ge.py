@@ -31,13 +31,12 @@ from imerbench.balance.base import (
     BalanceState,
     Strategy,
     active,
-    mean_over,
     modality_features,
-    per_utterance_loss,
     presence,
     true_class_score,
 )
 from imerbench.data import MODALITIES, Batch
+from imerbench.losses import masked_mean, task_loss
 from imerbench.method import DataSpec, Param, Part
 
 
@@ -84,7 +83,7 @@ class OGMGE(Strategy):
             return base
         present = presence(batch)
         probes = self.unimodal(out, state)
-        fit = [mean_over(per_utterance_loss(probes[m], batch), present[m]) for m in MODALITIES]
+        fit = [task_loss(probes[m], batch, where=present[m]) for m in MODALITIES]
         return base + torch.stack(fit).sum()
 
     def after_backward(
@@ -101,7 +100,7 @@ class OGMGE(Strategy):
         with torch.no_grad():
             unimodal = self.unimodal(out, state)
             scores = {
-                m: float(mean_over(true_class_score(unimodal[m], batch), present[m]))
+                m: float(masked_mean(true_class_score(unimodal[m], batch), present[m]))
                 for m in modalities
             }
         k = coefficients(scores, self.hp["alpha"])

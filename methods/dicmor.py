@@ -48,6 +48,7 @@ from typing import Any
 import torch
 from imerbench.methods.mult import (
     PRETRAIN,
+    QUICK_BACKBONE,
     RECOVER,
     RELEASED,
     MulTMethod,
@@ -296,20 +297,11 @@ class DiCMoR(MulTMethod):
     profiles = {
         # The released MOSI width (d = 32: the frozen random projections lose too much at
         # 16, 55.9 against 64.9 wa at MR 0), one crossmodal layer, 4 couplings, 2 blocks.
-        # One memory layer (released: 3). About 6 s a cell on two CPU cores: not in the
-        # default grid (grids/quick.toml).
-        "quick": {
-            "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
-            "stage_epoch": 30,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "heads": 2,
-            "layers": 1,
-            "memory_min_layers": 1,
+        # About 6 s a cell on two CPU cores: not in the default grid (grids/quick.toml).
+        "quick": QUICK_BACKBONE
+        | {
             "flow_steps": 4,
             "coupling_hidden": 16,
-            "refine_blocks": 2,
-            "refine_reduction": 4,
             "text_dropout": 0.1,
             "attn_dropout": 0.1,
             "attn_dropout_a": 0.1,

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from imerbench.methods.mult import (
     PRETRAIN,
+    QUICK_BACKBONE,
     RECOVER,
     RELEASED,
     MulTMethod,
@@ -235,16 +236,8 @@ class IMDer(MulTMethod):
         "clip_value": Param(1.0, low=0.0, help="gradient clipping by value; 0: off"),
     }
     profiles = {
-        "quick": {
-            "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
-            "stage_epoch": 30,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "heads": 2,
-            "layers": 1,
-            "memory_min_layers": 1,
-            "refine_blocks": 2,
-            "refine_reduction": 4,
+        "quick": QUICK_BACKBONE
+        | {
             "score_hidden": 64,
             "time_embed": 32,
             "sampling_steps": 10,

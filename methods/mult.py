@@ -232,11 +232,6 @@ def released_availability(batch: Batch) -> Tensor:
     return (batch.available & batch.valid[..., None]).flatten(0, 1)[:, ORDER]
 
 
-def released_missing(batch: Batch) -> Tensor:
-    """[N, 3] bool: each real utterance's missing modalities, in the released order."""
-    return (~batch.available & batch.valid[..., None]).flatten(0, 1)[:, ORDER]
-
-
 def others(i: int) -> list[int]:
     """The released indices of the two modalities other than i, in the released order."""
     return [j for j in range(len(RELEASED)) if j != i]
@@ -249,6 +244,21 @@ def from_available(avail: Tensor, i: int, first: Tensor, second: Tensor, both: T
     j, k = others(i)
     one = torch.where(avail[:, j, None], first, second)
     return torch.where((avail[:, j] & avail[:, k])[:, None], both, one)
+
+
+# What DiCMoR's and IMDer's quick profiles share: short capped stages, one crossmodal layer
+# and one memory layer (released: 3), two heads, two refinement blocks.
+QUICK_BACKBONE = {
+    "epochs": 60,  # caps: stages end on a plateau (imerbench/stopping.py)
+    "stage_epoch": 30,
+    "batch_size": 32,
+    "lr": 3e-3,
+    "heads": 2,
+    "layers": 1,
+    "memory_min_layers": 1,
+    "refine_blocks": 2,
+    "refine_reduction": 4,
+}
 
 
 def mult_params(**dropouts: float) -> dict[str, Param]:

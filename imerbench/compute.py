@@ -24,6 +24,8 @@ from imerbench.data import (
     MaskStore,
     SplitData,
     SplitName,
+    hold_out,
+    holdout_mask,
     load_dataset,
     realized_missing_rate,
     resolve_dataset,
@@ -109,7 +111,24 @@ class Workspace:
             if split != "train":
                 data = data.with_mask(self.eval_mask(planned, split))
             out[split] = data
+        if planned.method.holdout > 0:
+            out["train"], out["holdout"] = self.held_out(planned, corpus, fold.train, pad_to)
         return out
+
+    def held_out(
+        self, planned: PlannedCell, corpus: Corpus, train: np.ndarray, pad_to: int | None
+    ) -> tuple[SplitData, SplitData]:
+        """The training dialogues a method trains on and those it holds out (drawn from the
+        cell, under a mask drawn as the training masks are); not cached: per seed."""
+        cell = planned.cell
+        stream = (corpus.name, cell.fold, cell.seed)
+        kept, held = hold_out(train, planned.method.holdout, *stream)
+        holdout = SplitData(corpus, held, self.device, pad_to=pad_to)
+        speakers = corpus.speakers[holdout.utterances] if len(corpus.speaker_names) > 1 else None
+        mask = holdout_mask(
+            corpus.name, cell.fold, cell.mask, cell.seed, holdout.num_utterances, speakers
+        )
+        return SplitData(corpus, kept, self.device, pad_to=pad_to), holdout.with_mask(mask)
 
     def eval_mask(self, planned: PlannedCell, split: SplitName) -> np.ndarray:
         """The stored evaluation mask of the cell's split (drawn on first use)."""

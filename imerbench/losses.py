@@ -17,6 +17,15 @@ def masked_mean(values: Tensor, keep: Tensor) -> Tensor:
     return (values * weight).sum() / weight.sum().clamp(min=1.0)
 
 
+def per_utterance_loss(pred: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy (integer labels) or squared error (float labels) of each utterance:
+    pred [..., C], labels [...] -> [...]."""
+    if labels.dtype.is_floating_point:
+        return (pred.squeeze(-1) - labels) ** 2
+    flat = F.cross_entropy(pred.flatten(0, -2), labels.flatten(), reduction="none")
+    return flat.view_as(labels)
+
+
 def task_loss(pred: Tensor, batch: Batch, where: Tensor | None = None) -> Tensor:
     """Cross-entropy (classes) or MSE (regression), averaged over real utterances.
 
@@ -24,9 +33,4 @@ def task_loss(pred: Tensor, batch: Batch, where: Tensor | None = None) -> Tensor
     where a modality is present); the mean is over the utterances kept.
     """
     keep = batch.valid if where is None else batch.valid & where
-    if batch.labels.dtype.is_floating_point:
-        per_utt = (pred.squeeze(-1) - batch.labels) ** 2
-    else:
-        per_utt = F.cross_entropy(pred.flatten(0, 1), batch.labels.flatten(), reduction="none")
-        per_utt = per_utt.view_as(keep)
-    return masked_mean(per_utt, keep)
+    return masked_mean(per_utterance_loss(pred, batch.labels), keep)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from imerbench.data import Batch, Task
+from imerbench.data import Batch, SplitData, Task
 from imerbench.data.catalog import list_datasets
 from imerbench.errors import ImerbenchError, did_you_mean
 from imerbench.frozen import FrozenDict
@@ -98,10 +98,11 @@ class RunContext:
     primary: str  # the metric selection uses
     higher_is_better: bool
     state: dict[str, Any] = field(default_factory=dict)
+    holdout: SplitData | None = None  # the training dialogues held out (`Method.holdout`)
 
     @classmethod
-    def for_metric(cls, primary: str) -> RunContext:
-        return cls(primary, METRICS[primary].higher_is_better)
+    def for_metric(cls, primary: str, holdout: SplitData | None = None) -> RunContext:
+        return cls(primary, METRICS[primary].higher_is_better, holdout=holdout)
 
     def better(self, value: float, than: float | None) -> bool:
         """Whether `value` of the primary metric beats `than` (None: nothing yet; NaN never
@@ -190,7 +191,9 @@ class Method:
       released code keeps its epoch by, where it is not the dataset's primary metric;
       `--protocol paper` ranks the test-oracle epochs by it (`imerbench/plan.py`);
     - `offers`: what it offers balance strategies (`imerbench/balance/base.py`, `OFFERS`):
-      "heads", "features" (with `feature_widths`), "encoders" (with `modality_parts`).
+      "heads", "features" (with `feature_widths`), "encoders" (with `modality_parts`);
+    - `holdout`: the fraction of the training dialogues it does not train on, held out for
+      its own measurements (`RunContext.holdout`; a balance strategy's, e.g. G-Blending's).
 
     A model must ignore the values at missing positions (the contract test changes them);
     batches hold zeros there, but nothing may rely on it.
@@ -205,6 +208,7 @@ class Method:
     stackable: ClassVar[bool] = False
     published_selection: ClassVar[dict[str, str]] = {}
     offers: ClassVar[frozenset[str]] = frozenset()
+    holdout: ClassVar[float] = 0.0
 
     def __init__(self, info: MethodInfo | None = None, **hparams: Any) -> None:
         self.info = info or MethodInfo(type(self).__name__.lower())

@@ -101,7 +101,8 @@ def train_stack(
     device = train.device
     amp = partial(autocast, device, precision)
     task = corpus.task
-    ctxs = [RunContext.for_metric(primary) for _ in members]  # each member's hook state
+    # Each member's hook state (and the training dialogues its method held out, if any).
+    ctxs = [RunContext.for_metric(primary, m.splits.get("holdout")) for m in members]
     views, model, optimizer = build_stack(method, corpus, members, fold, device)
     epochs = method.hp["epochs"]
     groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None

@@ -12,8 +12,9 @@ import pytest
 import torch
 from tiny_corpus import tiny_corpus
 
-from imerbench.balance import create_strategy, list_strategies
+from imerbench.balance import agm, create_strategy, list_strategies
 from imerbench.balance.compose import Balanced, balanced, state_of
+from imerbench.balance.g_blending import blend_weights
 from imerbench.balance.mmpareto import combine, pareto_weights
 from imerbench.balance.ogm_ge import coefficients
 from imerbench.balance.pmr import distances
@@ -27,7 +28,7 @@ from imerbench.step import data_spec
 
 PAIRS = [
     (m, s)
-    for s in ["ogm-ge", "pmr", "mmpareto"]
+    for s in ["ogm-ge", "pmr", "agm", "mmpareto", "g-blending"]
     for m in ["early-fusion", "late-fusion", "momke"]
     if not create_strategy(s).missing(get_entry(m).cls.offers)
 ]
@@ -41,6 +42,7 @@ def setup(name: str, strategy: str, rate: float = 0.3, task: str = "classificati
     data = SplitData(corpus, np.arange(corpus.num_dialogues), "cpu")
     data = data.with_mask(draw_rate_mask(data.num_utterances, rate, np.random.default_rng(0)))
     batch = next(iter(data.batches(16, complete=method.needs_complete)))
+    state_of(model).holdout = data  # what G-Blending measures on (the harness: held out)
     return method, model, batch
 
 
@@ -135,7 +137,7 @@ def test_pmr_prototypes_are_class_means_over_present_utterances() -> None:
     method = create_method("late-fusion", "quick")
     from imerbench.balance.base import BalanceState
 
-    state = BalanceState()
+    state = BalanceState("train")
     strategy.build_state(state, data_spec(corpus), method)
     state.values["sums"] = {m: torch.zeros(3, 2) for m in "atv"}
     state.values["counts"] = {m: torch.zeros(3) for m in "atv"}
@@ -166,7 +168,7 @@ def test_pmr_adds_the_prototype_loss_of_the_weaker_modalities_only() -> None:
     strategy = create_strategy("pmr", alpha=2.0, min_present=1)
     from imerbench.balance.base import BalanceState
 
-    state = BalanceState()
+    state = BalanceState("train")
     strategy.build_state(state, data_spec(corpus), create_method("late-fusion", "quick"))
     state.values["sums"] = {m: torch.zeros(3, 2) for m in "atv"}
     state.values["counts"] = {m: torch.zeros(3) for m in "atv"}
@@ -186,6 +188,191 @@ def test_pmr_adds_the_prototype_loss_of_the_weaker_modalities_only() -> None:
     assert d[0, 0].item() == pytest.approx(math.sqrt(2), rel=1e-5)
     loss.backward()
     assert far.grad is not None and far.grad.abs().sum() > 0  # it reaches the features
+
+
+# ---- AGM -----------------------------------------------------------------------------------------
+def test_shapley_shares_by_hand() -> None:
+    f = {frozenset(k): torch.tensor(v) for k, v in
+         [("a", 1.0), ("t", 2.0), ("v", 4.0), ("at", 5.0), ("av", 6.0), ("tv", 7.0),
+          ("atv", 10.0)]}  # fmt: skip
+    r = agm.shapley(f, ["a", "t", "v"])
+    # r_a = (f(atv) - f(tv) + f(a)) / 3 + (f(at) - f(t) + f(av) - f(v)) / 6 = 4/3 + 5/6
+    assert r["a"].item() == pytest.approx(13 / 6)
+    assert r["t"].item() == pytest.approx(6 / 3 + 7 / 6)
+    assert r["v"].item() == pytest.approx(9 / 3 + 10 / 6)
+    two = {frozenset("a"): torch.tensor(1.0), frozenset("v"): torch.tensor(3.0),
+           frozenset("av"): torch.tensor(5.0)}  # fmt: skip
+    r2 = agm.shapley(two, ["a", "v"])  # the released two-modality form: (f(av) - f(v) + f(a)) / 2
+    assert (r2["a"].item(), r2["v"].item()) == pytest.approx((1.5, 3.5))
+
+
+def test_agm_coefficients_by_hand() -> None:
+    scores, history = {"a": 1.0, "t": 0.4, "v": 0.7}, {"a": 0.9, "t": 0.5, "v": 0.7}
+    k = agm.coefficients(scores, history, alpha=1.0, cap=7.0)
+    # ratio = exp(1.5 (0.7 - s)): a 0.637628, t 1.568312, v 1; optimal on history: a 0.740818,
+    # t 1.349859, v 1; k = exp(optimal - ratio)
+    assert k["a"] == pytest.approx(math.exp(0.740818 - 0.637628), rel=1e-5)  # lags: boosted
+    assert k["t"] == pytest.approx(math.exp(1.349859 - 1.568312), rel=1e-5)  # ahead: slowed
+    assert k["v"] == pytest.approx(1.0)
+    capped = agm.coefficients(scores, history, alpha=2.0, cap=0.05)
+    assert capped["a"] == pytest.approx(math.exp(0.1))
+    assert agm.coefficients({"a": 1.0, "v": 0.2}, {"a": 0, "v": 0}, 1.0, 7.0)["a"] == pytest.approx(
+        math.exp(1 - math.exp(2 * (0.6 - 1.0))))  # fmt: skip
+
+
+def test_agm_scales_each_encoder_by_its_shapley_coefficient() -> None:
+    """Real backward on late fusion: the subsets' fused outputs computed here, the shares by
+    the three-modality formula, k from the shares' cross-entropies (first step: history 0,
+    so optimal = 1); every encoder parameter times k_m, the heads untouched. A second step
+    on the same batch finds the shares at their history: k = 1."""
+    method, model, batch = setup("late-fusion", "agm", rate=0.3, alpha=0.7)
+    stage = method.stages[-1]
+    out, _, before = backward(method, model, batch)
+    model.eval()
+    f = {}
+    with torch.no_grad():
+        for subset in ["a", "t", "v", "at", "av", "tv", "atv"]:
+            keep = torch.tensor([m in subset for m in "atv"])
+            avail = batch.available & keep
+            feats = {m: batch.features[m] * avail[..., k : k + 1] for k, m in enumerate("atv")}
+            f[subset] = model(batch.replace(features=feats, available=avail), stage).fused
+    model.train()
+    r = {
+        "a": (f["atv"] - f["tv"] + f["a"]) / 3 + (f["at"] - f["t"] + f["av"] - f["v"]) / 6,
+        "t": (f["atv"] - f["av"] + f["t"]) / 3 + (f["at"] - f["a"] + f["tv"] - f["v"]) / 6,
+        "v": (f["atv"] - f["at"] + f["v"]) / 3 + (f["av"] - f["a"] + f["tv"] - f["t"]) / 6,
+    }
+    s = {}
+    for k, m in enumerate("atv"):
+        present = batch.available[..., k] & batch.valid
+        missing = ~batch.available[..., k] & batch.valid
+        assert r[m][missing].abs().max() < 1e-6  # late fusion: no share where m is missing
+        s[m] = torch.nn.functional.cross_entropy(r[m][present], batch.labels[present]).item()
+    mean = sum(s.values()) / 3
+    expected = {m: math.exp(0.7 * (1 - math.exp(1.5 * (mean - s[m])))) for m in "atv"}
+    method.after_backward(model, out, batch, stage, RunContext.for_metric("wa"))
+    got = state_of(model).values["coefficients"]
+    for m in "atv":
+        assert got[m] == pytest.approx(expected[m], rel=1e-4)
+        for name, p in model.named_parameters():
+            if name.startswith(f"nets.{m}.") and not name.startswith(f"nets.{m}.6."):
+                torch.testing.assert_close(p.grad, before[name] * expected[m], rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(model.nets.a[6].weight.grad, before["nets.a.6.weight"])
+    assert state_of(model).values["history"] == pytest.approx(s, rel=1e-5)
+    backward(method, model, batch)
+    method.after_backward(model, out, batch, stage, RunContext.for_metric("wa"))
+    assert state_of(model).values["coefficients"] == pytest.approx(dict.fromkeys("atv", 1.0))
+
+
+def test_agm_history_is_each_modality_s_running_mean() -> None:
+    history, steps = {"a": 0.0, "t": 0.0}, {"a": 0, "t": 0}
+    agm.remember(history, steps, {"a": 1.0, "t": 0.5})
+    agm.remember(history, steps, {"a": 0.4})  # t inactive this step
+    assert history == pytest.approx({"a": 0.7, "t": 0.5})
+    assert steps == {"a": 2, "t": 1}
+
+
+def test_agm_acts_within_its_window_only() -> None:
+    method, model, batch = setup("early-fusion", "agm", end_epoch=2)
+    state_of(model).epoch = 3
+    out, _, before = backward(method, model, batch)
+    method.after_backward(model, out, batch, method.stages[-1], RunContext.for_metric("wa"))
+    assert "coefficients" not in state_of(model).values
+    torch.testing.assert_close(model.net[0].weight.grad, before["net.0.weight"])
+
+
+# ---- G-Blending -------------------------------------------------------------------------------
+def test_blend_weights_by_hand() -> None:
+    before = (torch.ones(4), torch.full((4,), 2.0))  # (L_T, L_V) of fused, a, t, v
+    after = (torch.tensor([0.4, 0.8, 0.9, 0.2]), torch.tensor([1.5, 1.9, 2.1, 1.0]))
+    # dG = (0.5, 0.1, 0 [val got worse], 1.0); O: 1 -> (1.1, 1.1, 1.2, 0.8), dO^2 = (.01, .01,
+    # .04, .04); w = (50, 10, 0, 25) / 85
+    w = blend_weights(before, after)
+    assert w is not None
+    torch.testing.assert_close(w, torch.tensor([50.0, 10.0, 0.0, 25.0]) / 85)
+    same = (torch.tensor([0.5, 0.8, 0.9, 0.2]), after[1])  # fused's O unchanged: floor 1e-8
+    w = blend_weights(before, same)
+    assert w is not None and w[0].item() == pytest.approx(0.5e8 / (0.5e8 + 10 + 25))
+    assert blend_weights(before, (after[0], torch.full((4,), 2.5))) is None  # no gain anywhere
+
+
+def test_g_blending_weights_losses_and_measures_on_held_out_dialogues() -> None:
+    method, model, batch = setup("late-fusion", "g-blending", super_epoch=2)
+    stage, state = method.stages[-1], state_of(model)
+    ce = torch.nn.functional.cross_entropy
+
+    def head_losses(out, b):  # type: ignore[no-untyped-def]
+        fused = ce(out.fused[b.valid], b.labels[b.valid])
+        heads = []
+        for k, m in enumerate("atv"):
+            present = b.available[..., k] & b.valid
+            heads.append(ce(out.heads[m][present], b.labels[present]))
+        return torch.stack([fused, *heads])
+
+    state.values["weights"] = torch.tensor([0.4, 0.3, 0.2, 0.1])
+    torch.manual_seed(1)
+    out = model(batch, stage)
+    loss = method.loss(model, out, batch, stage)
+    own = head_losses(out, batch).detach()
+    base = method.base.loss(model, out, batch, stage).detach()
+    expected = 0.4 * base + own[1:] @ torch.tensor([0.3, 0.2, 0.1])
+    assert loss.detach().item() == pytest.approx(expected.item(), rel=1e-5)
+    trained = own.detach()
+    held = state.holdout
+    model.eval()
+    with torch.no_grad():
+        val_batch = next(iter(held.batches(64)))
+        measured = head_losses(model(val_batch, stage), val_batch)
+    model.train()
+    method.on_epoch_end(model, 1, stage, {}, RunContext.for_metric("wa"))  # stage epoch 0
+    torch.testing.assert_close(state.values["record"][0], trained)  # one batch: its losses
+    torch.testing.assert_close(state.values["record"][1], measured, rtol=1e-5, atol=1e-6)
+    assert state.values["train_steps"] == 0
+    method.on_epoch_end(model, 2, stage, {}, RunContext.for_metric("wa"))  # epoch 1: nothing
+    torch.testing.assert_close(state.values["record"][0], trained)
+    # A later record (epoch 2): with the earlier one set so that, against this model's
+    # held-out losses, dG = (0.5, 0.1, 0, 1) and dO = (0.1, 0.1, 0.2, -0.2): w = (50, 10, 0, 25)/85
+    gain = torch.tensor([0.5, 0.1, -0.2, 1.0])
+    state.values["record"] = (measured + gain - 1.0, measured + gain)
+    now_train = measured - torch.tensor([1.1, 1.1, 1.2, 0.8])
+    state.values["train_sum"], state.values["train_steps"] = now_train * 3, 3
+    method.on_epoch_end(model, 3, stage, {}, RunContext.for_metric("wa"))
+    expected = torch.tensor([50.0, 10.0, 0.0, 25.0]) / 85
+    torch.testing.assert_close(state.values["weights"], expected, rtol=1e-3, atol=1e-4)
+    torch.testing.assert_close(state.values["record"][0], now_train)
+
+
+def test_hold_out_draws_a_share_of_the_training_dialogues_per_cell() -> None:
+    from imerbench.data import hold_out
+
+    train = np.arange(100, 150)
+    kept, held = hold_out(train, 0.1, "synthetic", 0, 0)
+    assert len(held) == 5 and len(kept) == 45
+    assert sorted(np.concatenate([kept, held]).tolist()) == train.tolist()
+    assert (np.diff(held) > 0).all() and (np.diff(kept) > 0).all()  # split order
+    again = hold_out(train, 0.1, "synthetic", 0, 0)[1]
+    assert again.tolist() == held.tolist()
+    assert hold_out(train, 0.1, "synthetic", 0, 1)[1].tolist() != held.tolist()
+    assert len(hold_out(train[:3], 0.5, "x", 0, 0)[0]) >= 1  # never all of them
+
+
+def test_a_g_blending_cell_trains_without_its_held_out_dialogues(small_grid, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from imerbench.compute import Workspace
+    from imerbench.plan import RunOptions, plan_grid
+
+    grid = small_grid(methods=["late-fusion+g-blending[holdout=0.2]"], missing_rates=[0.5])
+    options = RunOptions(out=tmp_path, device="cpu")
+    (planned,) = plan_grid(grid, options).todo
+    ws = Workspace(grid, options, store_masks=False)
+    splits = ws.splits(planned)
+    fold = ws.corpus("synthetic").fold(0)
+    train, held = splits["train"].dialogues, splits["holdout"].dialogues
+    assert not set(train) & set(held)
+    assert sorted([*train, *held]) == sorted(fold.train.tolist())
+    assert len(held) == round(0.2 * len(fold.train))
+    available = held_mask = splits["holdout"].available[splits["holdout"].valid]
+    assert held_mask.shape[1] == 3
+    assert 0.4 < 1 - available.float().mean().item() < 0.6  # the cell's missing rate
 
 
 # ---- MMPareto ------------------------------------------------------------------------------------

@@ -15,7 +15,8 @@ from imerbench.balance.base import Strategy
 from imerbench.errors import ImerbenchError, unknown_name
 
 _STRATEGIES: dict[str, type[Strategy]] = {}
-BUILT_IN = ("ogm_ge", "pmr", "mmpareto")  # modules that register the built-in strategies
+# The modules that register the built-in strategies.
+BUILT_IN = ("ogm_ge", "pmr", "agm", "mmpareto", "g_blending")
 
 
 def register_strategy(name: str) -> Callable[[type[Strategy]], type[Strategy]]:

@@ -52,12 +52,16 @@ class BalanceState(nn.Module):
     """A strategy's per-run state, kept in the model it balances (`model.balance_state`):
     modules a strategy trains alongside (e.g. linear probes) are registered here before the
     optimizer is built; running statistics live in `values`. `epoch` counts the epochs of
-    the current stage that have ended."""
+    the current stage that have ended; `stage` is the stage the strategy acts in (for its
+    own forward passes); `holdout` the training dialogues held out for it, when it asked
+    for some (`Strategy.holdout`), set when the stage starts."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage: str) -> None:
         super().__init__()
         self.values: dict[str, Any] = {}
         self.epoch = 0
+        self.stage = stage
+        self.holdout: Any = None
 
 
 class Strategy:
@@ -98,6 +102,11 @@ class Strategy:
         if cls.needs_any and not cls.needs_any & offers:
             lacking.append(" or ".join(sorted(cls.needs_any)))
         return lacking
+
+    def holdout(self) -> float:
+        """The fraction of the training dialogues the strategy holds out for its own
+        measurements (0: none); the harness trains on the rest (`imerbench/compute.py`)."""
+        return 0.0
 
     def in_window(self, state: BalanceState) -> bool:
         """Whether the current epoch of the stage (from 0) is in [start_epoch, end_epoch]."""

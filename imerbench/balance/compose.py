@@ -40,6 +40,7 @@ class Balanced(Method):
         self.published_selection = base.published_selection
         self.offers = base.offers
         self.stackable = False
+        self.holdout = strategy.holdout()
 
     @property
     def last_stage(self) -> str:
@@ -53,7 +54,7 @@ class Balanced(Method):
 
     def build(self, spec: DataSpec) -> nn.Module:
         model = self.base.build(spec)
-        state = BalanceState()
+        state = BalanceState(self.last_stage)
         self.strategy.build_state(state, spec, self.base)
         model.add_module(STATE, state)
         if "encoders" in self.offers:
@@ -90,7 +91,9 @@ class Balanced(Method):
         self.base.after_backward(model, out, batch, stage, ctx)
 
     def on_stage_start(self, model: nn.Module, stage: str, ctx: RunContext) -> None:
-        state_of(model).epoch = 0
+        state = state_of(model)
+        state.epoch = 0
+        state.holdout = ctx.holdout
         self.base.on_stage_start(model, stage, ctx)
 
     def on_epoch_end(

@@ -182,3 +182,12 @@ def without_validation(fold: Fold) -> Fold:
     return Fold(
         train=np.sort(np.concatenate([fold.train, fold.val])), val=fold.val[:0], test=fold.test
     )
+
+
+def hold_out(train: np.ndarray, fraction: float, *stream: object) -> tuple[np.ndarray, np.ndarray]:
+    """(kept, held): `fraction` of the training dialogues (at least one, at most all but
+    one) held out, drawn from `stream` (the cell's), each part in split order."""
+    count = min(max(1, round(fraction * len(train))), len(train) - 1)
+    chosen = np.zeros(len(train), dtype=bool)
+    chosen[rng("holdout", *stream).permutation(len(train))[:count]] = True
+    return train[~chosen], train[chosen]

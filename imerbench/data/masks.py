@@ -365,6 +365,15 @@ def train_mask(
     return draw_mask(spec, n, gen, groups)
 
 
+def holdout_mask(
+    corpus_name: str, fold: int, spec: MaskSpec, seed: int, n: int, groups: np.ndarray | None
+) -> np.ndarray:
+    """The mask of the training dialogues a method held out (`hold_out`): drawn as the
+    training masks are, once, from its own stream."""
+    gen = derived_rng("holdout-mask", corpus_name, int(fold), spec.key, int(seed))
+    return draw_mask(spec, n, gen, groups)
+
+
 def realized_missing_rate(mask: np.ndarray) -> float:
     """The fraction of (utterance, modality) entries that are missing; NaN for no utterance."""
     mask = np.asarray(mask, dtype=bool)

@@ -268,6 +268,9 @@ def table(
     convergence: Annotated[
         bool, typer.Option(help="how each method's cells stopped: plateau, cap or fixed")
     ] = False,
+    balance: Annotated[
+        bool, typer.Option(help="what each method+strategy changed against its base method")
+    ] = False,
     metric: Annotated[
         str,
         typer.Option(
@@ -277,6 +280,7 @@ def table(
     ] = "",
 ) -> None:
     """Leaderboards (mean ± std over seeds) computed from the results rows."""
+    from imerbench.balance_table import balance_table
     from imerbench.convergence import convergence_table
     from imerbench.leaderboard import leaderboards, render
     from imerbench.metrics import METRICS
@@ -288,15 +292,17 @@ def table(
         raise ImerbenchError(f"--format {fmt}: use md, latex or csv")
     if selection not in ("val", "test-oracle"):
         raise ImerbenchError(f"--selection {selection}: use val or test-oracle")
+    views = {"--protocols": protocols, "--convergence": convergence, "--balance": balance,
+             "--paper": paper}  # fmt: skip
+    chosen = [flag for flag, wanted in views.items() if wanted]
+    if len(chosen) > 1:
+        raise ImerbenchError(f"{' and '.join(chosen)}: choose one table at a time")
     df = separate_configurations(read_results(results), results)
-    if protocols:
-        typer.echo(protocol_table(df, fmt))
-        return
-    if convergence:
-        typer.echo(convergence_table(df, fmt))
-        return
-    if paper:  # both selections: test-oracle beside the published numbers, then val
-        typer.echo(paper_tables(df, fmt))
+    if chosen:  # --paper: test-oracle beside the published numbers, then val
+        typer.echo({"--protocols": lambda: protocol_table(df, fmt),
+                    "--convergence": lambda: convergence_table(df, fmt),
+                    "--balance": lambda: balance_table(df, fmt, selection),
+                    "--paper": lambda: paper_tables(df, fmt)}[chosen[0]]())  # fmt: skip
         return
     metrics = [m.strip() for m in metric.split(",") if m.strip()] or [None]
     for m in metrics:

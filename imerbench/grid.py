@@ -71,6 +71,13 @@ def parse_method_ref(text: str) -> MethodRef:
     return _parse_ref(text, "method")
 
 
+def split_balance(label: str) -> tuple[str, str] | None:
+    """(base, strategy) of a `base+strategy` label, each with its overrides; None for a
+    method without a strategy."""
+    parts = _split_top_level(label, "+")
+    return (parts[0].strip(), parts[1].strip()) if len(parts) == 2 else None
+
+
 def _parse_ref(text: str, kind: str) -> MethodRef:
     """A name with optional `[k=v,...]` overrides."""
     name, _, rest = text.strip().partition("[")

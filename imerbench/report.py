@@ -13,6 +13,7 @@ import pandas as pd
 
 from imerbench import __version__
 from imerbench.analysis import is_rate, modality_gap, under_optimization, without_ceilings
+from imerbench.balance_table import balance_table, pairs
 from imerbench.convergence import convergence_table
 from imerbench.paper_table import paper_tables
 from imerbench.plots import plot_all
@@ -123,6 +124,13 @@ def analysis_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def balance_section(df: pd.DataFrame) -> list[str]:
+    """What each balance strategy changed against its base (nothing without such pairs)."""
+    if not pairs(df):
+        return []
+    return ["<h2>Balance strategies</h2>", _table_html(balance_table(df))]
+
+
 def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
     figures = plot_all(results_dir, df, out.parent / "figures")
     parts = [
@@ -136,6 +144,7 @@ def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
         _table_html(paper_tables(df)),
         "<h2>Modality imbalance</h2>",
         _table_html(analysis_markdown(df)),
+        *balance_section(df),
         "<h2>Convergence</h2>",
         _table_html(convergence_table(df)),
         "<h2>Test-set selection inflation</h2>",

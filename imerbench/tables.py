@@ -15,12 +15,14 @@ _MARKS = {
     "‡": r"$^\ddagger$",
     "§": r"\S{}",
     "α": r"$\alpha$",
+    "Δ": r"$\Delta$",
+    "◦": r"$\circ$",
 }
 
 
 def tex(text: str) -> str:
     """A cell or caption written for markdown, as LaTeX: `%`, `_`, `&`, `#` escaped, the
-    marks (±, daggers, §, α) as math, `code` as \texttt."""
+    marks (±, daggers, §, α, Δ, ◦) as math, `code` as \texttt."""
     text = re.sub(r"([%_&#])", r"\\\1", text)
     for mark, latex in _MARKS.items():
         text = text.replace(mark, latex)

@@ -523,6 +523,14 @@ def test_a_balanced_cell_runs_from_a_grid_and_records_its_strategy(small_grid, t
     assert meta["balance"] == {"strategy": "ogm-ge", "hparams": hparams}
     plain, balanced_rows = (df[df["method"] == m] for m in ("late-fusion", label))
     assert (plain["role"] == "reference").all() and (balanced_rows["role"] == "reference").all()
+    table = CliRunner().invoke(app, ["table", str(tmp_path), "--balance"])
+    assert table.exit_code == 0, table.output
+    (line,) = [s for s in table.output.splitlines() if s.startswith(f"| {label} |")]
+    assert line.split("|")[2:4] == [" 0.5 ", " 1 "]  # MR, seeds paired
+    from imerbench.report import balance_section
+
+    assert balance_section(df)[0] == "<h2>Balance strategies</h2>"
+    assert balance_section(plain) == []
     listing = CliRunner().invoke(app, ["list"])
     assert "mmpareto" in listing.output
     line = next(s for s in listing.output.splitlines() if s.strip().startswith("mmpareto"))

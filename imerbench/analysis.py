@@ -3,8 +3,9 @@
 Definitions (README, "The modality-imbalance analysis"):
 - forced-subset score: the model scored with every utterance showing exactly subset S;
 - modality gap of M at (MR, seed): best minus worst forced single-modality score;
-- unimodal ceiling of modality m for M: M trained with condition m (mask "m"), scored on m;
-  where the grid has no such cell, the context-aware `unimodal-m` reference trained on m
+- unimodal ceiling of modality m for M: M trained with condition m (mask "m"), scored on m
+  (for `base+strategy`, the base's: one modality has nothing to balance); where the grid
+  has no such cell, the context-aware `unimodal-m` reference trained on m
   (its cell with mask "m", or its MR 0.0 cell, which sees exactly the same data);
 - under-optimization of m in M at (MR, seed) = M's forced-m score minus that ceiling
   (negative: the modality does worse inside the multimodal model than alone).
@@ -16,6 +17,7 @@ from __future__ import annotations
 import pandas as pd
 
 from imerbench.data import MODALITIES, SUBSETS, resolve_dataset
+from imerbench.grid import split_balance
 from imerbench.stats import summary
 
 CELL = ["method", "dataset", "mask", "missing_rate", "seed"]
@@ -108,9 +110,12 @@ def ceilings(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
     methods = sorted(set(rows["method"]))
     for (dataset, seed), _ in mask_rows.groupby(["dataset", "seed"]):
         for method in methods:
+            base = (split_balance(method) or (method,))[0]  # a strategy's: its base's
             for m in MODALITIES:
                 if (method, dataset, seed, m) in trained_on:
                     value, source = trained_on[(method, dataset, seed, m)], f"{method} on {m}"
+                elif (base, dataset, seed, m) in trained_on:
+                    value, source = trained_on[(base, dataset, seed, m)], f"{base} on {m}"
                 elif (dataset, seed, m) in reference:
                     value, source = reference[(dataset, seed, m)]
                 else:

@@ -236,7 +236,10 @@ class Grid:
     def masks_of(self, method: MethodRef) -> list[MaskSpec]:
         """The grid's masks, and a multimodal method's ceilings where the grid asks."""
         masks = list(self.missing_rates)
-        if self.ceilings and method_info(method.name).role != "ceiling":  # multimodal
+        # A multimodal method's; a method with a balance strategy is measured against its
+        # base's (`imerbench/analysis.py`): with one modality there is nothing to balance.
+        multimodal = method_info(method.name).role != "ceiling"
+        if self.ceilings and multimodal and method.balance is None:
             listed = {str(m) for m in masks}
             masks += [parse_mask_spec(c) for c in CEILING_MASKS if c not in listed]
         return masks

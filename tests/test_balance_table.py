@@ -76,3 +76,22 @@ def test_without_a_strategy_beside_its_base_it_says_what_to_run() -> None:
     df = frame()
     with pytest.raises(ImerbenchError, match="--methods late-fusion,late-fusion\\+ogm-ge"):
         balance_table(df[~df["method"].str.contains(r"\+") | (df["method"] == "momke+pmr")])
+
+
+def test_a_strategy_is_measured_against_its_base_s_own_ceilings() -> None:
+    from imerbench.analysis import ceilings
+    from imerbench.grid import Grid, parse_method_ref
+
+    grid = Grid(methods=(parse_method_ref(BASE), parse_method_ref(OGM)), missing_rates=("0.5",),
+                seeds=(0,), ceilings=True)  # fmt: skip
+    masks = {(c.method.label, str(c.mask)) for c in grid.cells()}
+    assert masks == {(BASE, "0.5"), (BASE, "a"), (BASE, "t"), (BASE, "v"), (OGM, "0.5")}
+    df = frame()
+    df = df[~df["method"].str.startswith("unimodal-")]
+    own = [row(BASE, m, seed, "mask", 0.3) for m in "atv" for seed in range(3)]
+    df = pd.concat([df, pd.DataFrame(own)])
+    found = ceilings(df)
+    mine = found[found["method"] == OGM]
+    assert len(mine) == 9 and set(mine["source"]) == {f"{BASE} on {m}" for m in "atv"}
+    effects = balance_effects(df).set_index(["strategy", "quantity"])
+    assert effects.loc[("ogm-ge[alpha=0.5]", "under-opt v"), "diff"] == pytest.approx(0.07)

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from imerbench.balance import register_strategy
-from imerbench.balance.base import WINDOW_PARAMS, BalanceState, Strategy, active, presence
+from imerbench.balance.base import WINDOW_PARAMS, BalanceState, Strategy, presence
 from imerbench.data import MODALITIES, Batch
 from imerbench.losses import masked_mean
 from imerbench.method import Param, Part
@@ -140,13 +140,10 @@ class AGM(Strategy):
         self, model: nn.Module, out: Any, batch: Batch, parts: dict[str, list[Part]],
         state: BalanceState,
     ) -> None:  # fmt: skip
-        if not self.in_window(state):
+        acting = self.balancing(batch, state)
+        if acting is None:
             return
-        present = presence(batch)
-        counts = {m: int(present[m].sum()) for m in MODALITIES}
-        players = active(counts, self.hp["min_present"])
-        if len(players) < 2:
-            return
+        players = acting[1]
         shares = shapley(subset_predictions(model, batch, players, state.stage), players)
         scores = share_losses(shares, batch)
         history, steps = state.values["history"], state.values["steps"]

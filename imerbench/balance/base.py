@@ -112,6 +112,18 @@ class Strategy:
         """Whether the current epoch of the stage (from 0) is in [start_epoch, end_epoch]."""
         return self.hp["start_epoch"] <= state.epoch <= self.hp["end_epoch"]
 
+    def balancing(
+        self, batch: Batch, state: BalanceState
+    ) -> tuple[dict[str, Tensor], list[str]] | None:
+        """(P_m, the active modalities) where the strategy acts on this batch: inside its
+        window, with two active modalities at least; else None."""
+        if not self.in_window(state):
+            return None
+        present = presence(batch)
+        counts = {m: int(present[m].sum()) for m in MODALITIES}
+        modalities = active(counts, self.hp["min_present"])
+        return (present, modalities) if len(modalities) >= 2 else None
+
     # ---- hooks ---------------------------------------------------------------------------
     def build_state(self, state: BalanceState, spec: DataSpec, method: Any) -> None:
         """Register what the strategy trains or tracks (once, before the optimizer is built);

@@ -30,7 +30,6 @@ from imerbench.balance.base import (
     WINDOW_PARAMS,
     BalanceState,
     Strategy,
-    active,
     modality_features,
     presence,
     true_class_score,
@@ -90,13 +89,10 @@ class OGMGE(Strategy):
         self, model: nn.Module, out: Any, batch: Batch, parts: dict[str, list[Part]],
         state: BalanceState,
     ) -> None:  # fmt: skip
-        if not self.in_window(state):
+        acting = self.balancing(batch, state)
+        if acting is None:
             return
-        present = presence(batch)
-        counts = {m: int(present[m].sum()) for m in MODALITIES}
-        modalities = active(counts, self.hp["min_present"])
-        if len(modalities) < 2:
-            return
+        present, modalities = acting
         with torch.no_grad():
             unimodal = self.unimodal(out, state)
             scores = {

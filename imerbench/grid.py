@@ -43,6 +43,15 @@ class MethodRef:
             text = f"{self.name}[{inner}]"
         return text if self.balance is None else f"{text}+{self.balance.label}"
 
+    def with_overrides(self, extra: dict[str, Any]) -> MethodRef:
+        """This method with more overrides (a grid's sweep), labelled after its own."""
+        mine = self.typed or ",".join(f"{k}={_literal(v)}" for k, v in self.overrides)
+        added = [f"{k}={_literal(v).replace(' ', '')}" for k, v in extra.items()]
+        typed = ",".join([mine, *added] if mine else added)
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in extra.items()}
+        overrides = tuple(sorted([*self.overrides, *values.items()]))
+        return replace(self, overrides=overrides, typed=typed)
+
 
 def _literal(value: Any) -> str:
     if isinstance(value, bool):
@@ -95,7 +104,7 @@ def _parse_ref(text: str, kind: str) -> MethodRef:
             parsed = tomllib.loads(f"v = {value.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             parsed = value.strip()  # a bare word is a string
-        pairs.append((key.strip(), parsed))
+        pairs.append((key.strip(), tuple(parsed) if isinstance(parsed, list) else parsed))
         typed.append(f"{key.strip()}={value.strip()}")
     return MethodRef(name, tuple(sorted(pairs)), ",".join(typed))
 

@@ -3,6 +3,7 @@ key checked, every bad value one line naming the file and key (or the option) an
 
 from __future__ import annotations
 
+import itertools
 import tomllib
 from collections.abc import Callable, Collection
 from importlib import resources
@@ -30,6 +31,8 @@ GRID_KEYS = {
     "widths": 'synthetic feature widths, "small" or "real"',
     "precision": '"fp32", or "bf16" (bfloat16 autocast in training and evaluation)',
     "ceilings": "true: also train each multimodal method on a, t and v alone (its own ceilings)",
+    "sweep": "per listed method id, value lists of its hyper-parameters: each combination "
+    "runs as one labelled method ([sweep.comp] lbd = [0.1, 0.5])",
 }
 
 
@@ -140,6 +143,8 @@ def grid_from_dict(raw: dict[str, Any], source: str, options: Collection[str] = 
         kwargs["methods"] = _each(
             where("methods"), methods, lambda m: parse_method_ref(_text(m, "a method name"))
         )
+    if "sweep" in raw:
+        kwargs["methods"] = _swept(where("sweep"), raw["sweep"], kwargs["methods"])
     if "datasets" in raw:
         kwargs["datasets"] = _each(
             where("datasets"), raw["datasets"], lambda d: resolve_dataset(_text(d, "a dataset")).id
@@ -188,6 +193,49 @@ def grid_from_dict(raw: dict[str, Any], source: str, options: Collection[str] = 
     for key in ("datasets", "seeds", "folds"):
         _no_duplicates(where(key), [str(v) for v in kwargs.get(key) or []])
     return Grid(**kwargs)
+
+
+def _swept(where: str, sweep: Any, methods: list[MethodRef]) -> list[MethodRef]:
+    """`methods` with each swept one replaced by one method per combination of its swept
+    values (in the order listed, the last key varying fastest)."""
+    names = {m.name for m in methods}
+    if not isinstance(sweep, dict):
+        raise ImerbenchError(
+            f"{where} must be a table per method id ([sweep.comp] lbd = [0.1, 0.5]), "
+            f"not {_kind(sweep)}"
+        )
+    for method, table in sweep.items():
+        if method not in names:
+            raise ImerbenchError(
+                f"{where}: '{method}' is not among the grid's methods"
+                f"{did_you_mean(method, names)}; list it in methods to sweep it"
+            )
+        if not isinstance(table, dict) or not table:
+            raise ImerbenchError(
+                f"{where}: {method} must be a table of value lists (lbd = [0.1, 0.5]), "
+                f"not {_kind(table)}"
+            )
+        for key, values in table.items():
+            if not isinstance(values, list) or not values:
+                raise ImerbenchError(
+                    f"{where}: {method}.{key} must be a non-empty list of values, not "
+                    f"{_kind(values)}"
+                )
+    out = []
+    for ref in methods:
+        table = sweep.get(ref.name)
+        if not table:
+            out.append(ref)
+            continue
+        fixed = sorted(set(dict(ref.overrides)) & set(table))
+        if fixed:
+            raise ImerbenchError(
+                f"{where}: {ref.label} sets {fixed[0]}, which the sweep varies; "
+                "remove one of the two"
+            )
+        for values in itertools.product(*table.values()):
+            out.append(ref.with_overrides(dict(zip(table, values, strict=True))))
+    return out
 
 
 def _no_duplicates(where: str, labels: list[str]) -> None:

@@ -82,6 +82,34 @@ def test_method_overrides_parse_and_validate() -> None:
         create_method("unimodal-a", "quick", modality="t")
 
 
+def test_a_sweep_expands_into_one_labelled_method_per_combination() -> None:
+    from imerbench.grid import Cell
+    from imerbench.plan import cell_method
+
+    raw = {
+        "methods": ["late-fusion", "late-fusion[lr=0.01]+ogm-ge", "mmin"],
+        "sweep": {"late-fusion": {"hidden": [32, 64], "dropout": [0.0, 0.3]},
+                  "mmin": {"enc_layers": [[16, 16], [8]]}},
+    }  # fmt: skip
+    grid = grid_from_dict(raw, "grid.toml")
+    labels = [m.label for m in grid.methods]
+    combos = ["hidden=32,dropout=0.0", "hidden=32,dropout=0.3", "hidden=64,dropout=0.0",
+              "hidden=64,dropout=0.3"]  # fmt: skip
+    assert labels == [
+        *(f"late-fusion[{c}]" for c in combos),
+        *(f"late-fusion[lr=0.01,{c}]+ogm-ge" for c in combos),
+        "mmin[enc_layers=[16,16]]",
+        "mmin[enc_layers=[8]]",
+    ]
+    ref = grid.methods[5]  # late-fusion[lr=0.01,hidden=32,dropout=0.3]+ogm-ge
+    method = cell_method(Cell(ref, "synthetic", 0, grid.missing_rates[0], 0))
+    assert (method.hp["lr"], method.hp["hidden"], method.hp["dropout"]) == (0.01, 32, 0.3)
+    assert method.strategy.name == "ogm-ge"
+    mmin = cell_method(Cell(grid.methods[-1], "synthetic", 0, grid.missing_rates[0], 0))
+    assert mmin.hp["enc_layers"] == (8,)
+    assert parse_method_ref("mmin[enc_layers=[4,4]]").label == "mmin[enc_layers=[4,4]]"
+
+
 def test_profiles_differ_per_dataset() -> None:
     quick = create_method("unimodal-a", "quick")
     mosi = create_method("unimodal-a", "mosi")
@@ -101,6 +129,19 @@ def test_profiles_differ_per_dataset() -> None:
         ({"methods": ["early-fusion"], "protocol": "papers"}, "protocol 'papers'"),
         ({"methods": "all", "exclude": ["dicmr"]}, "unknown method 'dicmr'"),
         ({"methods": ["early-fusion"], "exclude": ["dicmor"]}, 'only applies to methods = "all"'),
+        (
+            {"methods": ["early-fusion"], "sweep": {"comp": {"lbd": [0.1]}}},
+            "'comp' is not among the grid's methods",
+        ),
+        (
+            {"methods": ["early-fusion"], "sweep": {"early-fusion": {"hidden": 32}}},
+            r"sweep.: early-fusion.hidden must be a non-empty list of values, not an integer",
+        ),
+        (
+            {"methods": ["early-fusion[hidden=8]"], "sweep": {"early-fusion": {"hidden": [16]}}},
+            r"early-fusion\[hidden=8\] sets hidden, which the sweep varies",
+        ),
+        ({"methods": ["early-fusion"], "sweep": [1]}, "must be a table per method id"),
     ],
 )
 def test_bad_grids_fail_with_a_clear_message(raw: dict, words: str) -> None:

@@ -54,6 +54,21 @@ def test_the_package_ships_its_marker_license_and_citation() -> None:
     assert "cff-version" in (ROOT / "CITATION.cff").read_text()
 
 
+def test_every_subpackage_is_in_the_wheel() -> None:
+    """A package folder missing from pyproject's list works in an editable install only."""
+    import tomllib
+
+    root = Path(__file__).resolve().parent.parent
+    listed = set(
+        tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(p.parent.relative_to(root).parts)
+        for p in (root / "imerbench").rglob("__init__.py")
+    }
+    assert found <= listed, sorted(found - listed)
+
+
 def test_scikit_learn_is_only_a_test_dependency() -> None:
     """The package never imports it (the tests check the metrics against it)."""
     code = (

@@ -75,7 +75,7 @@ def modality_gap(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
     with the best and worst modality named."""
     wide = forced_single(df, selection).dropna(subset=list(MODALITIES))
     scores = wide[list(MODALITIES)]
-    higher = wide["dataset"].map(lambda d: _higher(d))
+    higher = wide["dataset"].map(lambda d: _higher(d)).astype(bool)
     best = scores.max(axis=1).where(higher, scores.min(axis=1))
     worst = scores.min(axis=1).where(higher, scores.max(axis=1))
     out = wide[CELL].copy()
@@ -142,7 +142,7 @@ def under_optimization(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame
         id_vars=CELL, value_vars=list(MODALITIES), var_name="modality", value_name="score"
     ).dropna(subset=["score"])
     merged = long.merge(ceilings(df, selection), on=["method", "dataset", "seed", "modality"])
-    sign = merged["dataset"].map(lambda d: 1.0 if _higher(d) else -1.0)
+    sign = merged["dataset"].map(lambda d: 1.0 if _higher(d) else -1.0).astype(float)
     merged["under_optimization"] = sign * (merged["score"] - merged["ceiling"])
     return merged
 

@@ -299,3 +299,16 @@ def test_plot_with_nothing_finished_is_one_error_line(one_error_line, tmp_path) 
     line = one_error_line("plot", str(path), code=1)
     assert "holds no finished cell to draw" in line
     assert not (tmp_path / "figures").exists()
+
+
+def test_table_writes_the_tidy_rows_as_parquet(small_run: Path, run_cli, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    target = tmp_path / "rows.parquet"
+    result = run_cli("table", str(small_run), "--format", "parquet", "--out", str(target))
+    assert result.code == 0 and result.out.strip() == f"wrote {target}"
+    back = pq.read_table(target).to_pandas()  # pyarrow's own reader
+    rows = read_results(small_run)
+    assert list(back.columns) == list(rows.columns) and len(back) == len(rows)
+    pd.testing.assert_series_equal(back["value"], rows["value"], check_names=False)
+    assert back["seed"].dtype.kind == "i" and (back["method"] == rows["method"]).all()

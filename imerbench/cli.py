@@ -18,6 +18,24 @@ from imerbench.cli_data import FEATURES_HELP, data_app, grid_app, masks_app
 from imerbench.cli_results import plot, report, table
 from imerbench.errors import ImerbenchError, print_error_line
 
+
+def _no_flag_metavar() -> None:
+    """Flags take no value, but typer's help prints `<bool>` after each (`--help <bool>`),
+    which reads as if they did: show nothing there."""
+    from typer.core import TyperOption
+
+    shown = TyperOption.display_type_rich
+    if getattr(shown, "flags_bare", False):
+        return
+
+    def display(self: TyperOption, ctx: typer.Context) -> str | None:
+        return None if self.is_flag else shown(self, ctx)
+
+    display.flags_bare = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display  # type: ignore[method-assign]
+
+
+_no_flag_metavar()
 app = typer.Typer(
     help="Fair, resumable benchmarks for incomplete multimodal emotion recognition.",
     no_args_is_help=False,

@@ -87,6 +87,16 @@ def test_help_keeps_bracketed_extras(run_cli, monkeypatch) -> None:
     assert code == 0 and "pip install 'imerbench[ray]'" in out
 
 
+def test_help_shows_no_value_after_a_flag(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("COLUMNS", "200")
+    for command in ("run", "table"):
+        code, out, _ = run_cli(command, "--help")
+        assert code == 0 and "<bool>" not in out, command
+    flag = next(line for line in out.splitlines() if "--balance" in line)
+    assert flag.split("--no-balance")[1].split()[0] == "what"  # the help text, no type
+    assert "<str>" in out  # options that take a value still show its type
+
+
 def test_a_grid_runs_from_python_as_the_readme_shows(tmp_path) -> None:
     from imerbench import RunOptions, default_grid, leaderboards, read_results, run_grid
 

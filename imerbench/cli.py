@@ -40,13 +40,11 @@ app = typer.Typer(
     help="Fair, resumable benchmarks for incomplete multimodal emotion recognition.",
     no_args_is_help=False,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
 app.add_typer(data_app, name="data")
 app.add_typer(masks_app, name="masks")
 app.add_typer(grid_app, name="grid")
-for command in (table, plot, report):
-    app.command()(command)
 # One line per message, never wrapped, also when the output is a file or a pipe (grep-able
 # logs); a terminal still shows the progress bar.
 console = Console(soft_wrap=True)
@@ -270,6 +268,10 @@ def list_(
         print_catalog(console)
     else:
         print_method(console, method)
+
+
+for command in (table, plot, report):  # after run and list: the order --help lists them
+    app.command()(command)
 
 
 def _given_value(param: object, argv: list[str]) -> str | None:

@@ -106,3 +106,16 @@ def test_a_grid_runs_from_python_as_the_readme_shows(tmp_path) -> None:
     assert store.merged_path == tmp_path / "mine" / "results.csv"
     assert set(rows["method"]) == {"early-fusion"} and set(rows["status"]) == {"ok"}
     assert "| early-fusion |" in leaderboards(rows)[0].to_markdown()
+
+
+def test_shell_completion_completes_commands_and_options(run_cli, monkeypatch) -> None:
+    monkeypatch.setenv("_IMERBENCH_COMPLETE", "complete_bash")
+    monkeypatch.setenv("COMP_WORDS", "imerbench ta")
+    monkeypatch.setenv("COMP_CWORD", "1")
+    assert run_cli().out.split() == ["table"]
+    monkeypatch.setenv("COMP_WORDS", "imerbench table --bal")
+    monkeypatch.setenv("COMP_CWORD", "2")
+    assert run_cli().out.split() == ["--balance"]
+    monkeypatch.delenv("_IMERBENCH_COMPLETE")
+    code, out, _ = run_cli("--show-completion", "bash")
+    assert code == 0 and "_imerbench_completion" in out

@@ -105,6 +105,12 @@ def plot(
         )
         raise typer.Exit(1)
     folder = results if results.is_dir() else results.parent
+    if not (folder / "cells").is_dir():
+        typer.echo(
+            f"note: no training curves: they are read from the run folder's cells/, which "
+            f"{folder} does not have (pass the run's output folder)",
+            err=True,
+        )
     written = plot_all(folder, df, out or folder / "figures")
     for path in written:
         if path.suffix == ".png":

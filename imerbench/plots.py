@@ -14,6 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.lines import Line2D
 
 from imerbench.analysis import (
     ceiling_methods,
@@ -39,6 +40,31 @@ def method_colors(methods: list[str]) -> dict[str, tuple[float, ...]]:
     return {m: cmap(i % cmap.N) for i, m in enumerate(sorted(methods))}
 
 
+REFERENCE_MARKERS = "sD^v<>p*hX"
+
+
+def line_styles(df: pd.DataFrame) -> dict[str, dict[str, object]]:
+    """Per method label, how its line is drawn: the methods in colour, solid; references
+    and ceilings (role in the rows) in grey, dashed, each with its own marker and shade."""
+    roles = df.drop_duplicates("method").set_index("method")["role"].to_dict()
+    methods = sorted(m for m, r in roles.items() if r not in ("reference", "ceiling"))
+    others = sorted(m for m in roles if m not in methods)
+    colors = method_colors(methods) if methods else {}
+    styles: dict[str, dict[str, object]] = {
+        m: {"color": colors[m], "linestyle": "-", "marker": "o"} for m in methods
+    }
+    for i, m in enumerate(others):
+        shade = 0.25 + 0.45 * i / max(len(others) - 1, 1)
+        marker = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)]
+        styles[m] = {"color": (shade, shade, shade, 1.0), "linestyle": "--", "marker": marker}
+    return styles
+
+
+def legend_outside(ax: plt.Axes) -> None:
+    """The legend to the right of the axes, where it covers no data."""
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.png", out / f"{name}.pdf"]
@@ -58,20 +84,24 @@ def score_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     rows = primary_rows(df[df["dataset"] == dataset])
     rows = rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)]
     per_seed = fold_mean(rows)
-    colors = method_colors(sorted(df["method"].unique()))
+    styles = line_styles(df)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, g in per_seed.groupby("method"):
         stats = g.groupby("missing_rate")["value"].agg(["mean", "min", "max"]).sort_index()
-        ax.plot(stats.index, stats["mean"] * 100, "o-", color=colors[method], label=method)
+        ax.plot(stats.index, stats["mean"] * 100, label=method, **styles[method])  # type: ignore[arg-type]
         ax.fill_between(
-            stats.index, stats["min"] * 100, stats["max"] * 100, color=colors[method], alpha=0.15
+            stats.index,
+            stats["min"] * 100,
+            stats["max"] * 100,
+            color=styles[method]["color"],  # type: ignore[arg-type]
+            alpha=0.15,
         )
     limits = bayes_limits(
         dataset, resolve_dataset(dataset).primary_metric, sorted(per_seed["missing_rate"].unique())
     )
     if limits:
         rates = sorted(limits)
-        ax.plot(rates, [limits[r] * 100 for r in rates], "k--", label="Bayes limit")
+        ax.plot(rates, [limits[r] * 100 for r in rates], "k:", lw=1.5, label="Bayes limit")
     ax.set_xlabel("missing rate")
     ax.set_ylabel(_label(dataset))
     seeds = per_seed["seed"].nunique()
@@ -80,20 +110,24 @@ def score_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2, loc="lower left")
+    legend_outside(ax)
     return _save(fig, out, f"{dataset}-score-vs-mr")
 
 
 def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """(2) Modality gap (best minus worst forced single modality) against the missing rate."""
     gap = modality_gap(df[df["dataset"] == dataset])
-    colors = method_colors(sorted(df["method"].unique()))
+    styles = line_styles(df)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for method, g in without_ceilings(gap, df).groupby("method"):
         stats = g.groupby("missing_rate")["gap"].agg(["mean", "min", "max"]).sort_index()
-        ax.plot(stats.index, stats["mean"] * 100, "o-", color=colors[method], label=method)
+        ax.plot(stats.index, stats["mean"] * 100, label=method, **styles[method])  # type: ignore[arg-type]
         ax.fill_between(
-            stats.index, stats["min"] * 100, stats["max"] * 100, color=colors[method], alpha=0.15
+            stats.index,
+            stats["min"] * 100,
+            stats["max"] * 100,
+            color=styles[method]["color"],  # type: ignore[arg-type]
+            alpha=0.15,
         )
     ax.set_xlabel("missing rate (training and test masks)")
     ax.set_ylabel("modality gap (points)")
@@ -104,7 +138,7 @@ def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         fontsize=10,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    legend_outside(ax)
     return _save(fig, out, f"{dataset}-modality-gap")
 
 
@@ -277,16 +311,22 @@ def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
     cd = nemenyi_cd(k, n)
     test = friedman(scores)
     order = np.argsort(ranks)
-    fig, ax = plt.subplots(figsize=(7.0, 0.32 * k + 1.8))
-    ax.set_xlim(0.5, k + 0.5)
+    fig, ax = plt.subplots(figsize=(7.0, 0.32 * k + 2.0))
+    labels = []
+    middle = (k + 1) / 2
     for row, idx in enumerate(order):
         ax.plot(ranks[idx], row, "o", color="k")
-        ax.text(
-            ranks[idx] + 0.08,
-            row,
-            f"{blocks.columns[idx]} ({ranks[idx]:.2f})",
-            va="center",
-            fontsize=8,
+        right = ranks[idx] <= middle  # the label on the side with more room
+        labels.append(
+            ax.annotate(
+                f"{blocks.columns[idx]} ({ranks[idx]:.2f})",
+                (ranks[idx], row),
+                xytext=(7 if right else -7, 0),
+                textcoords="offset points",
+                ha="left" if right else "right",
+                va="center",
+                fontsize=8,
+            )
         )
     # One bar per maximal group of methods whose ranks lie within the critical difference.
     groups = cliques(ranks[order], cd)
@@ -296,17 +336,54 @@ def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
     ax.plot([1, 1 + cd], [-0.8, -0.8], color="k", lw=2)
     ax.text(1 + cd / 2, -1.05, f"CD = {cd:.2f}", ha="center", fontsize=8)
     ax.set_ylim(k + 0.5 + 0.35 * len(groups), -1.4)
+    ax.set_xlim(0.5, k + 0.5)
+    fit_labels(fig, ax, labels)
     ax.set_yticks([])
     ax.set_xlabel("average rank (1 = best)")
     ax.set_title(
-        f"Average ranks over {n} blocks (a block: one dataset and missing rate, each "
-        f"method's mean over n = {per_seed['seed'].nunique()} seeds); Friedman p = "
-        f"{test.p_chi2:.2g}\n"
-        "red bars join methods not significantly different (Nemenyi, α = 0.05)",
+        f"Average ranks over {n} blocks (one dataset and missing rate each; a method's mean\n"
+        f"over n = {per_seed['seed'].nunique()} seeds); Friedman p = {test.p_chi2:.2g}",
         fontsize=9,
     )
     ax.grid(axis="x", alpha=0.3)
+    ax.legend(
+        handles=[
+            Line2D([], [], color="k", lw=2, label=f"critical difference (CD = {cd:.2f})"),
+            Line2D(
+                [],
+                [],
+                color="tab:red",
+                lw=3,
+                alpha=0.7,
+                label="joins methods not significantly different (Nemenyi, α = 0.05)",
+            ),
+        ],
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.12),
+        ncol=1,
+        fontsize=8,
+        frameon=False,
+    )
     return _save(fig, out, "critical-difference")
+
+
+def fit_labels(fig: plt.Figure, ax: plt.Axes, labels: list[plt.Annotation]) -> None:
+    """Widen the x range until every label lies inside the axes (a long method name near an
+    edge would otherwise run out of the frame)."""
+    for _ in range(4):
+        fig.canvas.draw()
+        box = ax.get_window_extent()
+        left = min(t.get_window_extent().x0 for t in labels)
+        right = max(t.get_window_extent().x1 for t in labels)
+        if left >= box.x0 and right <= box.x1:
+            return
+        lo, hi = ax.get_xlim()
+        per_pixel = (hi - lo) / box.width
+        pad = 4 * per_pixel
+        ax.set_xlim(
+            lo - max(box.x0 - left, 0) * per_pixel - pad,
+            hi + max(right - box.x1, 0) * per_pixel + pad,
+        )
 
 
 def cliques(sorted_ranks: np.ndarray, cd: float) -> list[tuple[int, int]]:

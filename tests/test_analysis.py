@@ -312,3 +312,15 @@ def test_table_writes_the_tidy_rows_as_parquet(small_run: Path, run_cli, tmp_pat
     assert list(back.columns) == list(rows.columns) and len(back) == len(rows)
     pd.testing.assert_series_equal(back["value"], rows["value"], check_names=False)
     assert back["seed"].dtype.kind == "i" and (back["method"] == rows["method"]).all()
+
+
+def test_plot_of_a_copied_csv_says_the_curves_need_the_run_folder(
+    small_run: Path, run_cli, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    copy = tmp_path / "results.csv"
+    copy.write_bytes((small_run / "results.csv").read_bytes())
+    code, out, err = run_cli("plot", str(copy), "--out", str(tmp_path / "figs"))
+    assert code == 0 and "note: no training curves" in err and str(tmp_path) in err
+    assert "training-curves" not in out and "score-vs-mr" in out
+    code, out, err = run_cli("plot", str(small_run), "--out", str(tmp_path / "figs2"))
+    assert code == 0 and "note" not in err and "training-curves" in out

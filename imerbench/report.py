@@ -3,7 +3,6 @@ provenance of the runs (figures are embedded, so the page can be mailed or archi
 
 from __future__ import annotations
 
-import base64
 import html
 import platform
 from datetime import UTC, datetime
@@ -12,52 +11,25 @@ from pathlib import Path
 import pandas as pd
 
 from imerbench import __version__
-from imerbench.analysis import is_rate, modality_gap, under_optimization, without_ceilings
+from imerbench.analysis import (
+    fold_mean,
+    forced_single,
+    is_rate,
+    modality_gap,
+    primary_rows,
+    under_optimization,
+    without_ceilings,
+)
 from imerbench.balance_table import balance_table, pairs
 from imerbench.convergence import convergence_table
+from imerbench.data import MODALITIES, resolve_dataset
+from imerbench.metrics import METRICS
 from imerbench.paper_table import paper_tables
 from imerbench.plots import plot_all
 from imerbench.protocol_table import protocol_table
-
-
-def _table_html(markdown: str) -> str:
-    """The markdown tables this package writes, as HTML (headings, pipes, bold, italics)."""
-    out, rows = [], []
-
-    def flush() -> None:
-        if rows:
-            head, body = rows[0], rows[2:]
-            out.append(
-                "<table><thead><tr>"
-                + "".join(f"<th>{c}</th>" for c in head)
-                + "</tr></thead><tbody>"
-                + "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body)
-                + "</tbody></table>"
-            )
-            rows.clear()
-
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            cells = [_inline(c) for c in cells]
-            rows.append(cells)
-        else:
-            flush()
-            if line.startswith("### "):
-                out.append(f"<h3>{html.escape(line[4:])}</h3>")
-            elif line.strip():
-                out.append(f"<p>{html.escape(line)}</p>")
-    flush()
-    return "\n".join(out)
-
-
-def _inline(text: str) -> str:
-    if text.startswith("**") and "**" in text[2:]:
-        end = text.index("**", 2)
-        text = f"<b>{text[2:end]}</b>{text[end + 2 :]}"
-    if text.startswith("*") and text.endswith("*") and len(text) > 2:
-        text = f"<i>{text[1:-1]}</i>"
-    return text
+from imerbench.report_html import beside, facts_html, figure_html, page, tables_html
+from imerbench.stats import area_under_mr, summary
+from imerbench.tables import render_rows
 
 
 def provenance(df: pd.DataFrame) -> list[tuple[str, str]]:
@@ -124,42 +96,136 @@ def analysis_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def balance_section(df: pd.DataFrame) -> list[str]:
-    """What each balance strategy changed against its base (nothing without such pairs)."""
-    if not pairs(df):
-        return []
-    return ["<h2>Balance strategies</h2>", _table_html(balance_table(df))]
+def robustness_markdown(df: pd.DataFrame) -> str:
+    """Per dataset, each method's area under its score-vs-MR curve (the mean score over the
+    MR range, `imerbench.stats.area_under_mr`), mean ± std over seeds, best first."""
+    rows = primary_rows(df)
+    rows = fold_mean(rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)])
+    lines = []
+    for dataset, g in rows.groupby("dataset"):
+        rates = sorted(g["missing_rate"].unique())
+        if len(rates) < 2:
+            continue
+        per_method = []
+        for method, m in g.groupby("method"):
+            areas = [
+                area_under_mr(list(s["missing_rate"]), list(s["value"]))
+                for _, s in m.groupby("seed")
+            ]
+            stat = summary(areas)
+            per_method.append((stat.mean, stat.std, stat.n, method))
+        higher = METRICS[resolve_dataset(dataset).primary_metric].higher_is_better
+        per_method.sort(key=lambda r: -r[0] if higher else r[0])
+        metric = resolve_dataset(dataset).primary_metric
+        span = f"{rates[0]:g}-{rates[-1]:g}"
+        table = [
+            [method, f"{mean * 100:.2f}" + ("" if n < 2 else f" ± {std * 100:.2f}"), str(n)]
+            for mean, std, n, method in per_method
+        ]
+        caption = (
+            f"{dataset}: robustness, the area under the {metric} vs MR curve over MR {span} "
+            "divided by its span (the mean score over the range; mean ± std over seeds)"
+        )
+        lines += [*render_rows(caption, ["method", f"area ({metric}, %)", "seeds"], table, "md")]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def method_markdown(df: pd.DataFrame, method: str) -> str:
+    """One method at a glance: per dataset and MR, its score, its forced single-modality
+    scores, their under-optimization, and how its cells stopped."""
+    rows = primary_rows(df[df["method"] == method])
+    scores = fold_mean(rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)])
+    forced = forced_single(df[df["method"] == method])
+    under = under_optimization(df)
+    under = under[under["method"] == method] if not under.empty else under
+    lines = []
+    for dataset, g in scores.groupby("dataset"):
+        header = ["MR", "score", *(f"{m} forced" for m in MODALITIES)]
+        header += [f"under-opt {m}" for m in MODALITIES] if not under.empty else []
+        table = []
+        for rate, cell in g.groupby("missing_rate"):
+            stat = summary(cell["value"])
+            text = f"{stat.mean * 100:.2f}" + ("" if stat.n < 2 else f" ± {stat.std * 100:.2f}")
+            at = forced[(forced["dataset"] == dataset) & (forced["missing_rate"] == rate)]
+            cells = [f"{rate:g}", text]
+            cells += [f"{at[m].mean() * 100:.2f}" if len(at) else "-" for m in MODALITIES]
+            if not under.empty:
+                u = under[(under["dataset"] == dataset) & (under["missing_rate"] == rate)]
+                for m in MODALITIES:
+                    v = u[u["modality"] == m]["under_optimization"].mean()
+                    cells.append("-" if v != v else f"{v * 100:+.2f}")
+            table.append(cells)
+        mine = df[(df["method"] == method) & (df["dataset"] == dataset)]
+        cells_ = mine.drop_duplicates("config_hash")
+        stops = cells_["stop_reason"].value_counts().to_dict() if "stop_reason" in mine else {}
+        epochs = pd.to_numeric(cells_.get("epochs_trained"), errors="coerce")
+        caption = (
+            f"{dataset}: {method} ({len(cells_)} cells; stopped: "
+            + (", ".join(f"{k or 'failed'} {v}" for k, v in stops.items()) or "-")
+            + (f"; {epochs.mean():.1f} epochs on average" if epochs.notna().any() else "")
+            + "; scores in %, mean ± std over seeds)"
+        )
+        lines += [*render_rows(caption, header, table, "md"), ""]
+    return "\n".join(lines)
+
+
+def grid_facts(results_dir: Path, df: pd.DataFrame) -> list[tuple[str, str]]:
+    """What the grid was, in one glance: its folder, datasets, MRs, seeds and cells."""
+    cells = df.drop_duplicates("config_hash")
+    failed = int((cells["status"] == "failed").sum())
+    rates = sorted(float(m) for m in df["mask"].dropna().unique() if is_rate(m))
+    conditions = sorted(m for m in df["mask"].dropna().unique() if m and not is_rate(m))
+    methods = sorted(df["method"].dropna().unique())
+    return [
+        ("results", str(results_dir)),
+        ("datasets", ", ".join(sorted(df["dataset"].dropna().unique()))),
+        ("methods", f"{len(methods)}: " + ", ".join(methods)),
+        ("missing rates", ", ".join(f"{r:g}" for r in rates)
+         + (f"; trained on one modality: {', '.join(conditions)}" if conditions else "")),
+        ("seeds", ", ".join(map(str, sorted(df["seed"].dropna().unique())))),
+        ("cells", f"{len(cells)} ({failed} failed)"),
+    ]  # fmt: skip
 
 
 def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
-    figures = plot_all(results_dir, df, out.parent / "figures")
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>imerbench report</title>",
-        "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;"
-        "padding:3px 8px;text-align:right}td:first-child,th:first-child{text-align:left}"
-        "img{max-width:100%;margin:1em 0}</style></head><body>",
-        f"<h1>imerbench report: {html.escape(str(results_dir))}</h1>",
-        "<h2>Leaderboards</h2>",
-        _table_html(paper_tables(df)),
-        "<h2>Modality imbalance</h2>",
-        _table_html(analysis_markdown(df)),
-        *balance_section(df),
-        "<h2>Convergence</h2>",
-        _table_html(convergence_table(df)),
-        "<h2>Test-set selection inflation</h2>",
-        _table_html(protocol_table(df)),
-        "<h2>Figures</h2>",
-    ]
-    for path in figures:
-        if path.suffix == ".png":
-            data = base64.b64encode(path.read_bytes()).decode()
-            parts.append(f"<img alt='{html.escape(path.stem)}' src='data:image/png;base64,{data}'>")
-    parts.append("<h2>Provenance</h2><table>")
-    parts += [
-        f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in provenance(df)
-    ]
-    parts.append("</table></body></html>")
+    """The report page (figures written beside it, in `out`'s folder's figures/)."""
+    drawn = plot_all(results_dir, df, out.parent / "figures")
+    figures = {p.stem: p for p in drawn if p.suffix == ".png"}
+    datasets = sorted(df["dataset"].dropna().unique())
+
+    def fig(name: str, caption: str = "") -> str:
+        return "".join(figure_html(figures.get(f"{d}-{name}"), caption) for d in datasets)
+
+    shown = ("rows", "devices", "code versions", "training time", "report")
+    runs = [(k, v) for k, v in provenance(df) if k in shown]
+    header = beside(facts_html(grid_facts(results_dir, df)), facts_html(runs))
+    sections = [
+        ("leaderboards", "Leaderboards",
+         tables_html(paper_tables(df)) + beside(fig("score-vs-mr"),
+                                                figure_html(figures.get("critical-difference")))),
+        ("robustness", "Robustness", tables_html(robustness_markdown(df))),
+        ("imbalance", "Modality imbalance",
+         beside(tables_html(analysis_markdown(df)),
+                fig("modality-gap") + fig("under-optimization"))
+         + fig("subset-heatmap", "score by the modalities present at test time")),
+    ]  # fmt: skip
+    if pairs(df):
+        sections.append(("balance", "Balance strategies", tables_html(balance_table(df))))
+    per_method = "".join(
+        f"<details><summary>{html.escape(m)}</summary>{tables_html(method_markdown(df, m))}"
+        "</details>"
+        for m in sorted(df["method"].dropna().unique())
+    )
+    sections += [
+        ("methods", "Per method", fig("training-curves", "validation score per epoch, each "
+                                      "modality forced alone") + per_method),
+        ("convergence", "Convergence", tables_html(convergence_table(df))),
+        ("inflation", "Test-set selection inflation",
+         "<details><summary>val vs test-oracle per method and MR</summary>"
+         + tables_html(protocol_table(df)) + "</details>"),
+    ]  # fmt: skip
+    title = f"imerbench report: {results_dir.name} on {', '.join(datasets)}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(parts), encoding="utf-8")
+    out.write_text(page(title, header, sections), encoding="utf-8")
     return out

@@ -222,7 +222,32 @@ def test_every_figure_and_the_report_are_written(small_run: Path) -> None:
         assert png.with_suffix(".pdf").exists()
     text = report.read_text()
     assert text.count("data:image/png;base64,") == 6
-    assert "late-fusion" in text and "Bayes limit" in text and "Provenance" in text
+    assert "late-fusion" in text and "Bayes limit" in text
+    assert f"<title>imerbench report: {small_run.name} on synthetic</title>" in text
+    sections = ["leaderboards", "robustness", "imbalance", "methods", "convergence", "inflation"]
+    for sid in sections:  # each in the table of contents and on the page
+        assert f"<a href='#{sid}'>" in text and f"<section id='{sid}'>" in text, sid
+    assert text.index("<nav>") < text.index("<section")  # the summary and contents first
+    assert "<th>cells</th><td>20 (0 failed)</td>" in text  # 5 methods x 2 MRs x 2 seeds
+    assert "table class='sortable'" in text and "<script>" in text
+    assert "<summary>late-fusion</summary>" in text  # a section per method
+    assert "`" not in text.split("<script>")[0]  # no markdown backticks left in the page
+
+
+def test_robustness_is_the_area_under_each_seed_s_curve() -> None:
+    from imerbench.report import robustness_markdown
+
+    rows = [
+        row("m", mr, seed, "mask", v + 0.02 * seed)
+        for seed in (0, 1)
+        for mr, v in (("0.0", 0.8), ("0.3", 0.6), ("0.5", 0.5))
+    ]
+    rows += [row("n", mr, 0, "mask", 0.7) for mr in ("0.0", "0.3", "0.5")]  # fmt: skip
+    text = robustness_markdown(pd.DataFrame(rows))
+    # seed 0: (0.3 (0.8 + 0.6) / 2 + 0.2 (0.6 + 0.5) / 2) / 0.5 = 0.64; seed 1: 0.66
+    lines = [line for line in text.splitlines() if line.startswith("| ")]
+    assert lines[1:] == ["| n | 70.00 | 1 |", "| m | 65.00 ± 1.41 | 2 |"]  # best first
+    assert "MR 0-0.5" in text
 
 
 def test_rows_carry_forced_subsets_patterns_and_heads(small_run: Path) -> None:

@@ -527,10 +527,12 @@ def test_a_balanced_cell_runs_from_a_grid_and_records_its_strategy(small_grid, t
     assert table.exit_code == 0, table.output
     (line,) = [s for s in table.output.splitlines() if s.startswith(f"| {label} |")]
     assert line.split("|")[2:4] == [" 0.5 ", " 1 "]  # MR, seeds paired
-    from imerbench.report import balance_section
+    from imerbench.report import write_report
 
-    assert balance_section(df)[0] == "<h2>Balance strategies</h2>"
-    assert balance_section(plain) == []
+    page = write_report(tmp_path, df, tmp_path / "report.html").read_text()
+    assert "<section id='balance'><h2>Balance strategies</h2>" in page and label in page
+    alone = write_report(tmp_path, plain, tmp_path / "plain.html").read_text()
+    assert "id='balance'" not in alone
     listing = CliRunner().invoke(app, ["list"])
     assert "mmpareto" in listing.output
     line = next(s for s in listing.output.splitlines() if s.strip().startswith("mmpareto"))

@@ -15,7 +15,7 @@ from rich.markup import escape
 
 import imerbench.progress as progress_lines
 from imerbench.cli_data import FEATURES_HELP, data_app, grid_app, masks_app
-from imerbench.cli_results import plot, report, table
+from imerbench.cli_results import evaluate, plot, report, table
 from imerbench.errors import ImerbenchError, print_error_line
 
 
@@ -270,7 +270,7 @@ def list_(
         print_method(console, method)
 
 
-for command in (table, plot, report):  # after run and list: the order --help lists them
+for command in (table, plot, report, evaluate):  # after run and list, in --help's order
     app.command()(command)
 
 

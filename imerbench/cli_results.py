@@ -144,3 +144,49 @@ def write_parquet(df: object, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(path, index=False)  # type: ignore[attr-defined]
     return path
+
+
+def evaluate(
+    cell_dir: Annotated[Path, typer.Argument(help="a cell folder (RUN/cells/DATASET/...)")],
+    condition: Annotated[
+        str | None,
+        typer.Option(help="every test utterance shows exactly these modalities, e.g. at"),
+    ] = None,
+    test_mask: Annotated[
+        Path | None, typer.Option(help="a GCNet --test_mask npz (e.g. imerbench masks export)")
+    ] = None,
+    selection: Annotated[str, typer.Option(help="the saved weights: val or test-oracle")] = "val",
+    device: Annotated[str, typer.Option(help="cpu or cuda:N")] = "cpu",
+) -> None:
+    """Score a finished cell's saved weights on its test split: under the run's stored mask
+    (default), a forced subset, or a GCNet --test_mask file."""
+    from imerbench.data import SUBSETS, read_gcnet_mask
+    from imerbench.evaluation import condition_mask
+    from imerbench.rescore import load_cell
+
+    if condition is not None and test_mask is not None:
+        raise ImerbenchError("--condition and --test-mask: give one of them")
+    if condition is not None and condition not in SUBSETS:
+        raise unknown_name("condition", condition, SUBSETS)
+    cell = load_cell(cell_dir, selection, device)
+    config, n = cell.config, cell.test.num_utterances
+    if condition is not None:
+        mask, what = condition_mask(condition, n), f"condition {condition} (forced)"
+    elif test_mask is not None:
+        mask = read_gcnet_mask(test_mask, cell.corpus, config["fold"], "test")
+        what = f"the masks in {test_mask}"
+    else:
+        mask, what = cell.stored_mask(Path(cell_dir).parents[3] / "masks"), "its stored mask"
+    scores = cell.score(mask)
+    shown = cell.test.with_mask(mask)
+    missing = 1.0 - float(shown.available[shown.valid].float().mean())
+    typer.echo(
+        f"{config['label']} {config['dataset']} fold {config['fold']} mr {config['mask']} "
+        f"seed {config['seed']}, {selection} weights, test split ({n} utterances) under "
+        f"{what}: missing rate {missing:.3f}"
+    )
+    metrics = list(scores["fused"])
+    typer.echo("| output | " + " | ".join(metrics) + " |")
+    typer.echo("|---|" + "---:|" * len(metrics))
+    for output, values in scores.items():
+        typer.echo(f"| {output} | " + " | ".join(f"{values[m]:.4f}" for m in metrics) + " |")

@@ -46,7 +46,7 @@ from imerbench.data.feature_names import (
 )
 from imerbench.data.gcnet import DataReport, check_data_root, read_gcnet, write_gcnet
 from imerbench.data.loader import load_dataset
-from imerbench.data.mask_store import MaskStore, export_gcnet_masks
+from imerbench.data.mask_store import MaskStore, export_gcnet_masks, read_gcnet_mask
 from imerbench.data.masks import (
     MaskSpec,
     draw_mask,
@@ -91,6 +91,7 @@ __all__ = [
     "parse_feature_names",
     "parse_mask_spec",
     "read_gcnet",
+    "read_gcnet_mask",
     "realized_missing_rate",
     "register_dataset",
     "resolve_dataset",

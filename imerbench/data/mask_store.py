@@ -1,14 +1,17 @@
 """Stored evaluation masks: drawn once per (dataset, fold, split, spec, mask seed), shared by
-every method, and exported in GCNet's `--test_mask` format."""
+every method, exported in GCNet's `--test_mask` format, and read back from it."""
 
 from __future__ import annotations
 
+import io
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from imerbench.data.corpus import MODALITIES, Corpus, SplitName
 from imerbench.data.masks import MaskSpec, eval_mask, parse_mask_spec
+from imerbench.data.safe_pickle import load_pickle_bytes
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write_with
 
@@ -135,3 +138,58 @@ def export_gcnet_masks(
     path = Path(path)
     _savez(path, name2mask=holder)
     return path
+
+
+def read_gcnet_mask(path: Path, corpus: Corpus, fold: int, split: SplitName) -> np.ndarray:
+    """A GCNet `--test_mask` file (`export_gcnet_masks`' format, from this tool or from
+    GCNet's code) as the split's mask [n, 3] (a, t, v), ANDed with the features present.
+    The object array inside is read by the safe unpickler (`imerbench/data/safe_pickle.py`),
+    never by `np.load(allow_pickle=True)`, so a doctored file cannot run code."""
+    path = Path(path)
+    fix = "pass a file written by `imerbench masks export` or GCNet's mask tools"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            raw = archive.read("name2mask.npy")
+    except FileNotFoundError:
+        raise ImerbenchError(f"test mask file {path} does not exist; check the path") from None
+    except (zipfile.BadZipFile, KeyError, OSError):
+        raise ImerbenchError(f"{path} is not an npz holding name2mask; {fix}") from None
+    stream = io.BytesIO(raw)
+    try:
+        version = np.lib.format.read_magic(stream)
+        header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = header(stream)
+    except ValueError:
+        raise ImerbenchError(f"{path}: name2mask is not a numpy array; {fix}") from None
+    if shape != () or dtype != np.dtype(object):
+        raise ImerbenchError(f"{path}: name2mask is a {dtype} array {shape}, not a dict; {fix}")
+    holder = load_pickle_bytes(raw[stream.tell() :], path, "test mask")
+    name2mask = holder[()] if isinstance(holder, np.ndarray) and holder.shape == () else None
+    if not isinstance(name2mask, dict):
+        raise ImerbenchError(f"{path}: name2mask holds no dict of utterance masks; {fix}")
+    utts = corpus.split_utterances(fold, split)
+    ids = [corpus.utterance_ids[i] for i in utts]
+    absent = [u for u in ids if u not in name2mask]
+    if absent:
+        raise ImerbenchError(
+            f"{path} has no mask for {len(absent)} of the {len(ids)} utterances of "
+            f"{corpus.name}'s {split} split (e.g. {absent[0]}); it was written for another "
+            "dataset, fold or split"
+        )
+    mask = np.zeros((len(ids), len(MODALITIES)), dtype=bool)
+    for row, uid in enumerate(ids):
+        bits = name2mask[uid]
+        if (
+            not isinstance(bits, list | tuple)
+            or len(bits) != 3
+            or any(b not in (0, 1) for b in bits)
+        ):
+            raise ImerbenchError(
+                f"{path}: the mask of {uid} is {bits!r}, not three 0/1 values (a, t, v); {fix}"
+            )
+        mask[row] = [bool(b) for b in bits]
+    return mask & corpus.present[utts]

@@ -276,17 +276,7 @@ def load_label_pickle(path: Path) -> list:
         raise ImerbenchError(
             f"cannot read label pickle {path}: {err.strerror or err}; check the path"
         ) from None
-    try:
-        obj = _LabelUnpickler(data, path).load()
-    except ImerbenchError:
-        raise
-    except Exception as err:  # untrusted bytes can fail in many ways; all mean "corrupt"
-        reason = _printable(str(err).splitlines()[0] if str(err) else "", 160)
-        raise ImerbenchError(
-            f"{path}: cannot read the label pickle ({type(err).__name__}"
-            f"{': ' + reason if reason else ''}); the file is truncated or corrupt: "
-            "download it again"
-        ) from None
+    obj = load_pickle_bytes(data, path, "label pickle")
     if not isinstance(obj, list | tuple):
         raise ImerbenchError(
             f"{path}: holds a {type(obj).__name__}, but a label pickle holds a list "
@@ -294,3 +284,19 @@ def load_label_pickle(path: Path) -> list:
             "layout"
         )
     return list(obj)
+
+
+def load_pickle_bytes(data: bytes, path: Path, what: str) -> Any:
+    """Pickled bytes read from `path` (a `what`, for messages), loaded by the same safe
+    unpickler: containers, strings, numbers and numpy arrays only."""
+    try:
+        return _LabelUnpickler(data, path).load()
+    except ImerbenchError:
+        raise
+    except Exception as err:  # untrusted bytes can fail in many ways; all mean "corrupt"
+        reason = _printable(str(err).splitlines()[0] if str(err) else "", 160)
+        raise ImerbenchError(
+            f"{path}: cannot read the {what} ({type(err).__name__}"
+            f"{': ' + reason if reason else ''}); the file is truncated or corrupt: "
+            "download it again"
+        ) from None

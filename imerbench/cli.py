@@ -121,6 +121,10 @@ def run(
     stack: Annotated[
         int, typer.Option(help="most cells trained as one stack of models (0: automatic, 1: off)")
     ] = 0,
+    log_to: Annotated[
+        str | None,
+        typer.Option(help="log every cell's curves and scores: tensorboard, mlflow or both"),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option(help="print the plan and a time estimate; writes nothing")
     ] = False,
@@ -129,6 +133,7 @@ def run(
     from imerbench.data import resolve_dataset
     from imerbench.grid_file import default_grid_path, load_grid
     from imerbench.plan import RunOptions
+    from imerbench.trackers import parse_trackers
 
     if executor not in ("local", "ray"):
         raise ImerbenchError(f"--executor {executor}: use local or ray")
@@ -178,6 +183,7 @@ def run(
         save_weights=save_weights,
         missing_features=missing_features,
         stack=stack,
+        log_to=parse_trackers(log_to),
     )
     if dry_run:
         from imerbench.estimate import plan_lines

@@ -42,6 +42,7 @@ class RunOptions:
     executor: str = "local"  # local | ray
     jobs_per_device: int = 0  # CUDA: worker processes sharing each device (0: automatic)
     stack: int = 0  # the most cells trained as one stack of models (0: automatic, 1: off)
+    log_to: tuple[str, ...] = ()  # experiment trackers (`imerbench/trackers.py`)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "out", Path(self.out))  # a str from Python callers too

@@ -20,6 +20,7 @@ from imerbench.grid import Grid
 from imerbench.plan import EXECUTORS, Plan, RunOptions, plan_grid
 from imerbench.ray_executor import RayExecutor, require_ray
 from imerbench.results import ResultStore
+from imerbench.trackers import make_trackers, parse_trackers
 from imerbench.write import MERGE_INTERVAL_S, writes_checked
 
 
@@ -32,6 +33,24 @@ def make_executor(plan: Plan, grid: Grid, options: RunOptions, ws: Workspace) ->
     return PoolExecutor(grid, options, jobs)
 
 
+def tracked(
+    plan: Plan, grid: Grid, options: RunOptions, on_cell: Callable[[CellReport], None]
+) -> Callable[[CellReport], None]:
+    """`on_cell`, then each computed cell logged to the run's trackers (`--log-to`)."""
+    if not options.log_to:
+        return on_cell
+    folders = {p.cell: p.folder for stack in plan.stacks for p in stack}
+    trackers = make_trackers(options.log_to, options.out, grid.name)
+
+    def report(result: CellReport) -> None:
+        on_cell(result)
+        if result.status in ("ok", "failed") and result.cell in folders:
+            for tracker in trackers:
+                tracker.log_cell(result, folders[result.cell])
+
+    return report
+
+
 def run_grid(
     grid: Grid,
     options: RunOptions,
@@ -42,6 +61,7 @@ def run_grid(
         raise ImerbenchError(f"executor '{options.executor}': use {' or '.join(EXECUTORS)}")
     if options.executor == "ray":
         require_ray()  # before any work
+    parse_trackers(",".join(options.log_to))  # known and installed, before any work
     new_folder = not options.out.exists()
     with writes_checked(options.out):
         options.out.mkdir(parents=True, exist_ok=True)  # an unwritable folder fails first
@@ -72,7 +92,8 @@ def run_grid(
             last_merge = time.monotonic()
 
     if plan.stacks:
-        make_executor(plan, grid, options, ws).run(plan.stacks, on_cell, tick)
+        report = tracked(plan, grid, options, on_cell)
+        make_executor(plan, grid, options, ws).run(plan.stacks, report, tick)
     with writes_checked(options.out):
         store.merge()
     return store

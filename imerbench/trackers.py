@@ -1,0 +1,132 @@
+"""Experiment trackers (`--log-to tensorboard,mlflow`): every cell trained by a run is logged,
+as it finishes, with its per-epoch curves (its `curves.csv`) and its final scores (its rows).
+
+TensorBoard: one event folder per cell, `<out>/tensorboard/<dataset>/<method>/<cell>`
+(`tensorboard --logdir <out>/tensorboard`). MLflow: one run per cell in the experiment named
+after the grid, in the tracking store `MLFLOW_TRACKING_URI` names, else a local file store in
+`<out>/mlruns` (`mlflow ui --backend-store-uri <out>/mlruns`). Both are optional extras; a
+missing one is refused before any training.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+from imerbench.compute import CellReport
+from imerbench.errors import ImerbenchError
+
+TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # name -> module it needs
+
+
+def parse_trackers(text: str | None) -> tuple[str, ...]:
+    """`tensorboard,mlflow` -> the names, each checked and importable."""
+    names = tuple(dict.fromkeys(t.strip() for t in (text or "").split(",") if t.strip()))
+    for name in names:
+        if name not in TRACKERS:
+            raise ImerbenchError(f"--log-to {name}: use tensorboard, mlflow or both (a,b)")
+        if importlib.util.find_spec(TRACKERS[name]) is None:
+            raise ImerbenchError(
+                f"--log-to {name} needs the {TRACKERS[name]} package: "
+                f"pip install 'imerbench[{name}]'"
+            )
+    return names
+
+
+def curve_points(folder: Path) -> Iterator[tuple[str, int, float]]:
+    """(tag, epoch, value) of a cell's per-epoch curves: `split/condition/output/metric`."""
+    path = folder / "curves.csv"
+    if not path.exists():
+        return
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            tag = "/".join(row[k] for k in ("split", "condition", "output", "metric"))
+            yield tag, int(row["epoch"]), float(row["value"])
+
+
+def final_scores(report: CellReport) -> dict[str, float]:
+    """The fused scores under the cell's own mask, per selection: `final/<selection>/<metric>`."""
+    return {
+        f"final/{r['selection']}/{r['metric']}": float(r["value"])
+        for r in report.rows
+        if r.get("condition") == "mask" and r.get("output") == "fused" and r.get("status") == "ok"
+    }
+
+
+class Tracker(Protocol):
+    def log_cell(self, report: CellReport, folder: Path) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class TensorBoardTracker:
+    def __init__(self, out: Path) -> None:
+        self.root = out / "tensorboard"
+
+    def log_cell(self, report: CellReport, folder: Path) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        where = self.root / report.cell.dataset / folder.parent.name / folder.name
+        writer = SummaryWriter(log_dir=str(where))
+        try:
+            writer.add_text("cell", f"{report.cell.describe()}: {report.status}, {report.summary}")
+            for tag, epoch, value in curve_points(folder):
+                writer.add_scalar(tag, value, epoch)
+            for tag, value in final_scores(report).items():
+                writer.add_scalar(tag, value, 0)
+        finally:
+            writer.close()
+
+    def close(self) -> None:
+        pass
+
+
+class MLflowTracker:
+    def __init__(self, out: Path, experiment: str) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{(out / 'mlruns').resolve()}"
+        if uri.startswith("file:"):  # MLflow keeps its local file store behind this switch
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.client = MlflowClient(uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+
+    def log_cell(self, report: CellReport, folder: Path) -> None:
+        from mlflow.entities import Metric, Param
+
+        cell = report.cell
+        run = self.client.create_run(self.experiment, run_name=cell.describe())
+        params: dict[str, Any] = {
+            "method": cell.method.label, "dataset": cell.dataset, "fold": cell.fold,
+            "mask": str(cell.mask), "seed": cell.seed, "protocol": cell.protocol,
+        }  # fmt: skip
+        params |= {f"hp.{k}": v for k, v in cell.method.overrides}
+        now = int(time.time() * 1000)
+        metrics = [Metric(tag, value, now, epoch) for tag, epoch, value in curve_points(folder)]
+        metrics += [Metric(tag, value, now, 0) for tag, value in final_scores(report).items()]
+        run_id = run.info.run_id
+        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        for start in range(0, len(metrics), 1000):  # MLflow's batch limit
+            self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
+        self.client.set_terminated(run_id, "FINISHED" if report.status == "ok" else "FAILED")
+
+    def close(self) -> None:
+        pass
+
+
+def make_trackers(names: tuple[str, ...], out: Path, experiment: str) -> list[Tracker]:
+    trackers: list[Tracker] = []
+    for name in names:
+        if name == "tensorboard":
+            trackers.append(TensorBoardTracker(out))
+        elif name == "mlflow":
+            trackers.append(MLflowTracker(out, experiment))
+    return trackers

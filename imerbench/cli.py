@@ -208,12 +208,18 @@ def run(
         bar.TextColumn("[bold]cells"), *columns, *eta, console=console, transient=True
     ) as progress:
         task = progress.add_task("cells", total=total)
+        training: dict[object, float] = {}  # cells in training: the share of their epoch cap
+
+        def on_epoch(cell: object, epoch: int, epochs: int) -> None:
+            training[cell] = min(epoch / epochs, 0.99)  # the bar moves with every epoch
+            progress.update(task, completed=sum(counts.values()) + sum(training.values()))
 
         def on_cell(report: CellReport) -> None:
             nonlocal failed, last_line
             counts[report.status] += 1
             failed += report.failed
-            progress.advance(task)
+            training.pop(report.cell, None)
+            progress.update(task, completed=sum(counts.values()) + sum(training.values()))
             now = time.perf_counter()
             if not console.is_terminal and now - last_line >= progress_lines.EVERY:
                 last_line = now
@@ -228,7 +234,7 @@ def run(
             text = escape(f"{report.cell.describe()}: {report.summary} [{report.seconds:.1f} s]")
             progress.console.print(f"{mark} {text}")
 
-        store = run_grid(grid, options, on_cell)
+        store = run_grid(grid, options, on_cell, on_epoch if console.is_terminal else None)
     elapsed = time.perf_counter() - start
     claimed = f", {counts['claimed']} running in another process" if counts["claimed"] else ""
     console.print(

@@ -269,6 +269,7 @@ def compute_stack(
     ws: Workspace,
     logs: Sequence[Callable[[str], None]],
     attempts: int = 1,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> list[CellResult]:
     """Train a stack's cells together (`imerbench/stacking.py`) without touching their
     folders, one log per cell; each result is what the cell alone would give. A failure
@@ -297,6 +298,7 @@ def compute_stack(
                 primary=selection_metric(cell, method),
                 precision=precision,
                 logs=logs,
+                progress=progress,
             )
         )
     except (ImerbenchError, *TRAINING_ERRORS) as exc:

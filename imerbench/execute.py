@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import queue
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -24,29 +25,43 @@ import torch
 
 from imerbench.compute import CellReport, Workspace
 from imerbench.devices import limit_device_memory
-from imerbench.grid import Grid
+from imerbench.grid import Cell, Grid
 from imerbench.plan import RunOptions, Stack
-from imerbench.write import run_stack
+from imerbench.write import OnEpoch, run_stack
 
 OnCell = Callable[[CellReport], None]
 
 
 class Executor(Protocol):
-    def run(self, stacks: Sequence[Stack], on_cell: OnCell, tick: Callable[[], None]) -> None:
-        """Run every stack, report each cell as it ends, call `tick` now and then."""
+    def run(
+        self,
+        stacks: Sequence[Stack],
+        on_cell: OnCell,
+        tick: Callable[[], None],
+        on_epoch: OnEpoch | None = None,
+    ) -> None:
+        """Run every stack, report each cell as it ends (and, where given, each epoch a cell
+        trained), call `tick` now and then."""
 
 
 @dataclass(frozen=True)
 class SerialExecutor:
     ws: Workspace
 
-    def run(self, stacks: Sequence[Stack], on_cell: OnCell, tick: Callable[[], None]) -> None:
+    def run(
+        self,
+        stacks: Sequence[Stack],
+        on_cell: OnCell,
+        tick: Callable[[], None],
+        on_epoch: OnEpoch | None = None,
+    ) -> None:
         for stack in stacks:
-            run_stack(stack, self.ws, on_cell)
+            run_stack(stack, self.ws, on_cell, on_epoch)
             tick()
 
 
 _WORKSPACE: Workspace | None = None
+_EPOCHS: Queue[tuple[Cell, int, int]] | None = None  # a worker's epochs, to the parent
 
 
 def _die_with_parent(parent: int) -> None:
@@ -63,11 +78,17 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _worker_init(
-    grid: Grid, options: RunOptions, threads: int, parent: int, slots: Queue[tuple[str, int]]
+    grid: Grid,
+    options: RunOptions,
+    threads: int,
+    parent: int,
+    slots: Queue[tuple[str, int]],
+    epochs: Queue[tuple[Cell, int, int]] | None,
 ) -> None:
     """A pool worker takes one device slot: its device, and how many workers share it."""
-    global _WORKSPACE
+    global _WORKSPACE, _EPOCHS
     _die_with_parent(parent)
+    _EPOCHS = epochs
     torch.set_num_threads(threads)
     device, sharing = slots.get()
     if torch.device(device).type == "cuda":
@@ -80,8 +101,10 @@ def _worker_run(stack: Stack) -> tuple[list[CellReport], BaseException | None]:
     """A stack's reports, and the error that stopped it (after the cells it reported)."""
     assert _WORKSPACE is not None
     reports: list[CellReport] = []
+    sink = _EPOCHS
+    on_epoch = None if sink is None else lambda c, e, n: sink.put((c, e, n))
     try:
-        run_stack(stack, _WORKSPACE, reports.append)
+        run_stack(stack, _WORKSPACE, reports.append, on_epoch)
     except Exception as exc:  # e.g. a full disk: the parent reports what was written first
         return reports, exc
     return reports, None
@@ -93,10 +116,31 @@ class PoolExecutor:
     options: RunOptions
     jobs: int
 
-    def run(self, stacks: Sequence[Stack], on_cell: OnCell, tick: Callable[[], None]) -> None:
+    def run(
+        self,
+        stacks: Sequence[Stack],
+        on_cell: OnCell,
+        tick: Callable[[], None],
+        on_epoch: OnEpoch | None = None,
+    ) -> None:
         threads = max(1, (os.cpu_count() or 1) // self.jobs)
         context = get_context("spawn")
         slots = context.Queue()
+        epochs = context.Queue() if on_epoch is not None else None
+
+        ended: set[Cell] = set()
+
+        def relay() -> None:
+            """The workers' epochs so far, to `on_epoch`; one that arrives after its cell
+            was reported (the queue lags the result) is dropped."""
+            while epochs is not None and on_epoch is not None:
+                try:
+                    cell, epoch, cap = epochs.get_nowait()
+                except queue.Empty:
+                    return
+                if cell not in ended:
+                    on_epoch(cell, epoch, cap)
+
         devices = self.options.worker_devices(self.jobs)
         for device in devices:
             slots.put((device, devices.count(device)))
@@ -104,14 +148,17 @@ class PoolExecutor:
             self.jobs,
             mp_context=context,
             initializer=_worker_init,
-            initargs=(self.grid, self.options, threads, os.getpid(), slots),
+            initargs=(self.grid, self.options, threads, os.getpid(), slots, epochs),
         ) as pool:
             running = {pool.submit(_worker_run, stack) for stack in stacks}
             while running:
-                finished, running = wait(running, return_when=FIRST_COMPLETED)
+                wait_s = None if epochs is None else 0.5
+                finished, running = wait(running, timeout=wait_s, return_when=FIRST_COMPLETED)
+                relay()
                 for future in finished:
                     reports, error = future.result()
                     for report in reports:
+                        ended.add(report.cell)
                         on_cell(report)
                     if error is not None:  # e.g. a full disk: start no more
                         for other in running:

@@ -156,7 +156,9 @@ class RayExecutor:
         stacks: Sequence[Stack],
         on_cell: Callable[[CellReport], None],
         tick: Callable[[], None],
+        on_epoch: Callable[[Any, int, int], None] | None = None,
     ) -> None:
+        """Cells are reported as they end; their epochs are not (`on_epoch` is unused)."""
         require_ray()
         import ray
         from ray.exceptions import RayError, RayTaskError

@@ -21,7 +21,7 @@ from imerbench.plan import EXECUTORS, Plan, RunOptions, plan_grid
 from imerbench.ray_executor import RayExecutor, require_ray
 from imerbench.results import ResultStore
 from imerbench.trackers import make_trackers, parse_trackers
-from imerbench.write import MERGE_INTERVAL_S, writes_checked
+from imerbench.write import MERGE_INTERVAL_S, OnEpoch, writes_checked
 
 
 def make_executor(plan: Plan, grid: Grid, options: RunOptions, ws: Workspace) -> Executor:
@@ -55,8 +55,11 @@ def run_grid(
     grid: Grid,
     options: RunOptions,
     on_cell: Callable[[CellReport], None] = lambda _: None,
+    on_epoch: OnEpoch | None = None,
 ) -> ResultStore:
-    """Run (or resume) a grid; returns the store whose results.csv is up to date."""
+    """Run (or resume) a grid; returns the store whose results.csv is up to date.
+    `on_cell` hears of each cell as it ends, `on_epoch(cell, epoch, epochs)` of each epoch
+    (not under Ray)."""
     if options.executor not in EXECUTORS:
         raise ImerbenchError(f"executor '{options.executor}': use {' or '.join(EXECUTORS)}")
     if options.executor == "ray":
@@ -93,7 +96,7 @@ def run_grid(
 
     if plan.stacks:
         report = tracked(plan, grid, options, on_cell)
-        make_executor(plan, grid, options, ws).run(plan.stacks, report, tick)
+        make_executor(plan, grid, options, ws).run(plan.stacks, report, tick, on_epoch)
     with writes_checked(options.out):
         store.merge()
     return store

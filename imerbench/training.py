@@ -79,6 +79,7 @@ def train_stack(
     subsets: bool = True,
     precision: str = "fp32",
     logs: Sequence[Callable[[str], None]] | None = None,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> list[TrainOutcome | CellFailure]:
     """Train the cells of one stack (more than one only for a method that stacks, see
     `imerbench/stacking.py`); a member that fails fails alone, and each member's stages end
@@ -91,7 +92,8 @@ def train_stack(
     weights (val, or the oracle's without val) on every forced subset and stored-mask
     pattern of the test split.
     `precision`: `bf16` runs every forward pass (training and evaluation) under bfloat16
-    autocast; see `autocast`.
+    autocast; see `autocast`. `progress(k, epoch, epochs)`: called after each epoch of
+    member k (a progress bar's feed).
     """
     size = len(members)
     if size > 1 and not can_stack(method):
@@ -213,6 +215,8 @@ def train_stack(
                 if sc
             ]
             logs[k](f"epoch {epoch}/{epochs} [{stages[k]}] " + " ".join(shown))
+            if progress is not None:
+                progress(k, epoch, epochs)
             signal = method.stage_score(stages[k], val_scores[k], primary) if has_val else None
             reason = clocks[k].tick(signal)
             if reason and not clocks[k].done:

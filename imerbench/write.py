@@ -17,10 +17,12 @@ from imerbench.claims import claim_cell, release_claim
 from imerbench.compute import CellReport, CellResult, Workspace, compute_stack, log_line
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write
+from imerbench.grid import Cell
 from imerbench.plan import PlannedCell, RunOptions, Stack
 from imerbench.results import ResultStore
 
 MERGE_INTERVAL_S = 30.0  # how often a running grid rebuilds results.csv
+OnEpoch = Callable[[Cell, int, int], None]  # a cell ended an epoch (epoch, epoch cap)
 
 
 def write_cell_result(store: ResultStore, folder: Path, result: CellResult) -> None:
@@ -69,11 +71,16 @@ def write_result(planned: PlannedCell, result: CellResult, options: RunOptions) 
     release_claim(planned.folder)
 
 
-def run_stack(stack: Stack, ws: Workspace, on_cell: Callable[[CellReport], None]) -> None:
+def run_stack(
+    stack: Stack,
+    ws: Workspace,
+    on_cell: Callable[[CellReport], None],
+    on_epoch: OnEpoch | None = None,
+) -> None:
     """Claim a stack's cells, compute the claimed ones together (each cell's log in its own
     folder as it goes) and write each, reporting each cell once written; a failure becomes a
     `failed` row, not a crash. A disk that refuses a write stops the run: the cells written
-    before it have been reported."""
+    before it have been reported. `on_epoch(cell, epoch, epochs)` follows the training."""
     mine = claim_stack(stack, ws.options, on_cell)
     if not mine:  # every cell claimed or finished by another process
         return
@@ -91,7 +98,13 @@ def run_stack(stack: Stack, ws: Workspace, on_cell: Callable[[CellReport], None]
 
                 return log
 
-            results = compute_stack(mine, ws, [logger(k) for k in range(len(mine))])
+            def progress(k: int, epoch: int, epochs: int) -> None:
+                if on_epoch is not None:
+                    on_epoch(mine[k].cell, epoch, epochs)
+
+            results = compute_stack(
+                mine, ws, [logger(k) for k in range(len(mine))], progress=progress
+            )
         for planned, result in zip(mine, results, strict=True):
             write_result(planned, result, ws.options)
             on_cell(result.report)

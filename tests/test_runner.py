@@ -276,3 +276,28 @@ def test_paper_protocol_selects_on_each_methods_published_metric(
             )
             scores = test[test["metric"] == metric].set_index("epoch")["value"]
             assert set(rows["epoch"]) == {scores.idxmax()}  # the first best epoch
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_each_epoch_of_each_cell_reaches_the_caller(small_grid, tmp_path, jobs: int) -> None:  # type: ignore[no-untyped-def]
+    """What the terminal's bar advances with: every cell's epochs, in order, with their cap,
+    from this process or from the pool's workers."""
+    from collections import defaultdict
+
+    from imerbench.runner import RunOptions, run_grid
+
+    grid = small_grid(methods=["late-fusion", "mmin"], missing_rates=[0.5], epochs=3)
+    epochs: dict[object, list[tuple[int, int]]] = defaultdict(list)
+    ended: list[object] = []
+    options = RunOptions(out=tmp_path, device="cpu", jobs=jobs)
+
+    def on_epoch(cell, epoch, cap) -> None:  # type: ignore[no-untyped-def]
+        assert cell not in ended  # a cell's epochs come before its end
+        epochs[cell].append((epoch, cap))
+
+    run_grid(grid, options, lambda report: ended.append(report.cell), on_epoch)
+    assert set(epochs) == set(ended) and len(ended) == 2
+    for cell, seen in epochs.items():
+        trained = [e for e, _ in seen]
+        assert trained == list(range(1, len(trained) + 1)) and len(trained) >= 2, cell
+        assert {cap for _, cap in seen} == {3}

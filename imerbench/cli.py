@@ -210,7 +210,7 @@ def run(
         task = progress.add_task("cells", total=total)
         training: dict[object, float] = {}  # cells in training: the share of their epoch cap
 
-        def on_epoch(cell: object, epoch: int, epochs: int) -> None:
+        def on_epoch(cell: object, epoch: int, epochs: int, _: object) -> None:
             training[cell] = min(epoch / epochs, 0.99)  # the bar moves with every epoch
             progress.update(task, completed=sum(counts.values()) + sum(training.values()))
 

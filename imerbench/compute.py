@@ -40,7 +40,7 @@ from imerbench.provenance import code_version, provenance
 from imerbench.results import (
     SCHEMA_VERSION,
 )
-from imerbench.selection import TRAINING_ERRORS, CellFailure, TrainOutcome
+from imerbench.selection import TRAINING_ERRORS, CellFailure, HistoryRow, TrainOutcome
 from imerbench.training import Member, train_stack
 
 
@@ -269,7 +269,7 @@ def compute_stack(
     ws: Workspace,
     logs: Sequence[Callable[[str], None]],
     attempts: int = 1,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int, list[HistoryRow]], None] | None = None,
 ) -> list[CellResult]:
     """Train a stack's cells together (`imerbench/stacking.py`) without touching their
     folders, one log per cell; each result is what the cell alone would give. A failure

@@ -27,6 +27,7 @@ from imerbench.compute import CellReport, Workspace
 from imerbench.devices import limit_device_memory
 from imerbench.grid import Cell, Grid
 from imerbench.plan import RunOptions, Stack
+from imerbench.selection import HistoryRow
 from imerbench.write import OnEpoch, run_stack
 
 OnCell = Callable[[CellReport], None]
@@ -61,7 +62,7 @@ class SerialExecutor:
 
 
 _WORKSPACE: Workspace | None = None
-_EPOCHS: Queue[tuple[Cell, int, int]] | None = None  # a worker's epochs, to the parent
+_EPOCHS: Queue[tuple[Cell, int, int, list[HistoryRow]]] | None = None  # to the parent
 
 
 def _die_with_parent(parent: int) -> None:
@@ -83,7 +84,7 @@ def _worker_init(
     threads: int,
     parent: int,
     slots: Queue[tuple[str, int]],
-    epochs: Queue[tuple[Cell, int, int]] | None,
+    epochs: Queue[tuple[Cell, int, int, list[HistoryRow]]] | None,
 ) -> None:
     """A pool worker takes one device slot: its device, and how many workers share it."""
     global _WORKSPACE, _EPOCHS
@@ -102,7 +103,7 @@ def _worker_run(stack: Stack) -> tuple[list[CellReport], BaseException | None]:
     assert _WORKSPACE is not None
     reports: list[CellReport] = []
     sink = _EPOCHS
-    on_epoch = None if sink is None else lambda c, e, n: sink.put((c, e, n))
+    on_epoch = None if sink is None else lambda c, e, n, rows: sink.put((c, e, n, rows))
     try:
         run_stack(stack, _WORKSPACE, reports.append, on_epoch)
     except Exception as exc:  # e.g. a full disk: the parent reports what was written first
@@ -135,11 +136,11 @@ class PoolExecutor:
             was reported (the queue lags the result) is dropped."""
             while epochs is not None and on_epoch is not None:
                 try:
-                    cell, epoch, cap = epochs.get_nowait()
+                    cell, epoch, cap, rows = epochs.get_nowait()
                 except queue.Empty:
                     return
                 if cell not in ended:
-                    on_epoch(cell, epoch, cap)
+                    on_epoch(cell, epoch, cap, rows)
 
         devices = self.options.worker_devices(self.jobs)
         for device in devices:

@@ -156,7 +156,7 @@ class RayExecutor:
         stacks: Sequence[Stack],
         on_cell: Callable[[CellReport], None],
         tick: Callable[[], None],
-        on_epoch: Callable[[Any, int, int], None] | None = None,
+        on_epoch: Callable[..., None] | None = None,
     ) -> None:
         """Cells are reported as they end; their epochs are not (`on_epoch` is unused)."""
         require_ray()

@@ -16,10 +16,11 @@ from imerbench.compute import CellReport, Workspace
 from imerbench.devices import resolve_device
 from imerbench.errors import ImerbenchError
 from imerbench.execute import Executor, PoolExecutor, SerialExecutor
-from imerbench.grid import Grid
+from imerbench.grid import Cell, Grid
 from imerbench.plan import EXECUTORS, Plan, RunOptions, plan_grid
 from imerbench.ray_executor import RayExecutor, require_ray
 from imerbench.results import ResultStore
+from imerbench.selection import HistoryRow
 from imerbench.trackers import make_trackers, parse_trackers
 from imerbench.write import MERGE_INTERVAL_S, OnEpoch, writes_checked
 
@@ -34,21 +35,31 @@ def make_executor(plan: Plan, grid: Grid, options: RunOptions, ws: Workspace) ->
 
 
 def tracked(
-    plan: Plan, grid: Grid, options: RunOptions, on_cell: Callable[[CellReport], None]
-) -> Callable[[CellReport], None]:
-    """`on_cell`, then each computed cell logged to the run's trackers (`--log-to`)."""
+    plan: Plan,
+    grid: Grid,
+    options: RunOptions,
+    on_cell: Callable[[CellReport], None],
+    on_epoch: OnEpoch | None,
+) -> tuple[Callable[[CellReport], None], OnEpoch | None]:
+    """`on_cell` and `on_epoch`, each then logging to the run's trackers (`--log-to`)."""
     if not options.log_to:
-        return on_cell
+        return on_cell, on_epoch
     folders = {p.cell: p.folder for stack in plan.stacks for p in stack}
     trackers = make_trackers(options.log_to, options.out, grid.name)
 
-    def report(result: CellReport) -> None:
+    def cell_ended(result: CellReport) -> None:
         on_cell(result)
         if result.status in ("ok", "failed") and result.cell in folders:
             for tracker in trackers:
                 tracker.log_cell(result, folders[result.cell])
 
-    return report
+    def epoch_ended(cell: Cell, epoch: int, epochs: int, rows: list[HistoryRow]) -> None:
+        if on_epoch is not None:
+            on_epoch(cell, epoch, epochs, rows)
+        for tracker in trackers:
+            tracker.log_epoch(cell, folders[cell], rows)
+
+    return cell_ended, epoch_ended
 
 
 def run_grid(
@@ -95,8 +106,8 @@ def run_grid(
             last_merge = time.monotonic()
 
     if plan.stacks:
-        report = tracked(plan, grid, options, on_cell)
-        make_executor(plan, grid, options, ws).run(plan.stacks, report, tick, on_epoch)
+        cell_ended, epoch_ended = tracked(plan, grid, options, on_cell, on_epoch)
+        make_executor(plan, grid, options, ws).run(plan.stacks, cell_ended, tick, epoch_ended)
     with writes_checked(options.out):
         store.merge()
     return store

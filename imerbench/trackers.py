@@ -1,5 +1,7 @@
-"""Experiment trackers (`--log-to tensorboard,mlflow`): every cell trained by a run is logged,
-as it finishes, with its per-epoch curves (its `curves.csv`) and its final scores (its rows).
+"""Experiment trackers (`--log-to tensorboard,mlflow`): every cell trained by a run is logged
+epoch by epoch as it trains (its curve rows, as `curves.csv` will hold them) and, when it
+ends, with its final scores (its rows). Under Ray, whose tasks report cells only, the curves
+are logged from `curves.csv` when the cell ends.
 
 TensorBoard: one event folder per cell, `<out>/tensorboard/<dataset>/<method>/<cell>`
 (`tensorboard --logdir <out>/tensorboard`). MLflow: one run per cell in the experiment named
@@ -20,6 +22,8 @@ from typing import Any, Protocol
 
 from imerbench.compute import CellReport
 from imerbench.errors import ImerbenchError
+from imerbench.grid import Cell
+from imerbench.selection import HistoryRow
 
 TRACKERS = {"tensorboard": "tensorboard", "mlflow": "mlflow"}  # name -> module it needs
 
@@ -39,7 +43,8 @@ def parse_trackers(text: str | None) -> tuple[str, ...]:
 
 
 def curve_points(folder: Path) -> Iterator[tuple[str, int, float]]:
-    """(tag, epoch, value) of a cell's per-epoch curves: `split/condition/output/metric`."""
+    """(tag, epoch, value) of a cell's per-epoch curves as written: `split/condition/output/
+    metric`."""
     path = folder / "curves.csv"
     if not path.exists():
         return
@@ -47,6 +52,12 @@ def curve_points(folder: Path) -> Iterator[tuple[str, int, float]]:
         for row in csv.DictReader(fh):
             tag = "/".join(row[k] for k in ("split", "condition", "output", "metric"))
             yield tag, int(row["epoch"]), float(row["value"])
+
+
+def epoch_points(rows: list[HistoryRow]) -> Iterator[tuple[str, int, float]]:
+    """The same points from an epoch's curve rows, as training reports them."""
+    for epoch, _, split, condition, output, metric, value in rows:
+        yield f"{split}/{condition}/{output}/{metric}", int(epoch), float(value)
 
 
 def final_scores(report: CellReport) -> dict[str, float]:
@@ -59,34 +70,49 @@ def final_scores(report: CellReport) -> dict[str, float]:
 
 
 class Tracker(Protocol):
-    def log_cell(self, report: CellReport, folder: Path) -> None: ...
+    def log_epoch(self, cell: Cell, folder: Path, rows: list[HistoryRow]) -> None: ...
 
-    def close(self) -> None: ...
+    def log_cell(self, report: CellReport, folder: Path) -> None: ...
 
 
 class TensorBoardTracker:
+    """One event folder per cell, open while the cell trains."""
+
     def __init__(self, out: Path) -> None:
         self.root = out / "tensorboard"
+        self.writers: dict[Cell, Any] = {}
 
-    def log_cell(self, report: CellReport, folder: Path) -> None:
+    def writer(self, cell: Cell, folder: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
 
-        where = self.root / report.cell.dataset / folder.parent.name / folder.name
-        writer = SummaryWriter(log_dir=str(where))
+        if cell not in self.writers:
+            where = self.root / cell.dataset / folder.parent.name / folder.name
+            self.writers[cell] = SummaryWriter(log_dir=str(where))
+        return self.writers[cell]
+
+    def log_epoch(self, cell: Cell, folder: Path, rows: list[HistoryRow]) -> None:
+        writer = self.writer(cell, folder)
+        for tag, epoch, value in epoch_points(rows):
+            writer.add_scalar(tag, value, epoch)
+        writer.flush()
+
+    def log_cell(self, report: CellReport, folder: Path) -> None:
+        streamed = report.cell in self.writers
+        writer = self.writer(report.cell, folder)
         try:
             writer.add_text("cell", f"{report.cell.describe()}: {report.status}, {report.summary}")
-            for tag, epoch, value in curve_points(folder):
-                writer.add_scalar(tag, value, epoch)
+            if not streamed:  # no epochs reached this process (Ray)
+                for tag, epoch, value in curve_points(folder):
+                    writer.add_scalar(tag, value, epoch)
             for tag, value in final_scores(report).items():
                 writer.add_scalar(tag, value, 0)
         finally:
-            writer.close()
-
-    def close(self) -> None:
-        pass
+            self.writers.pop(report.cell).close()
 
 
 class MLflowTracker:
+    """One MLflow run per cell, created at its first epoch and ended with it."""
+
     def __init__(self, out: Path, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
 
@@ -98,28 +124,42 @@ class MLflowTracker:
         self.experiment = (
             found.experiment_id if found else self.client.create_experiment(experiment)
         )
+        self.runs: dict[Cell, str] = {}
 
-    def log_cell(self, report: CellReport, folder: Path) -> None:
-        from mlflow.entities import Metric, Param
+    def run(self, cell: Cell) -> str:
+        from mlflow.entities import Param
 
-        cell = report.cell
-        run = self.client.create_run(self.experiment, run_name=cell.describe())
-        params: dict[str, Any] = {
-            "method": cell.method.label, "dataset": cell.dataset, "fold": cell.fold,
-            "mask": str(cell.mask), "seed": cell.seed, "protocol": cell.protocol,
-        }  # fmt: skip
-        params |= {f"hp.{k}": v for k, v in cell.method.overrides}
+        if cell not in self.runs:
+            run_id = self.client.create_run(self.experiment, run_name=cell.describe()).info.run_id
+            params: dict[str, Any] = {
+                "method": cell.method.label, "dataset": cell.dataset, "fold": cell.fold,
+                "mask": str(cell.mask), "seed": cell.seed, "protocol": cell.protocol,
+            }  # fmt: skip
+            params |= {f"hp.{k}": v for k, v in cell.method.overrides}
+            self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self.runs[cell] = run_id
+        return self.runs[cell]
+
+    def log_points(self, run_id: str, points: Iterator[tuple[str, int, float]]) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        metrics = [Metric(tag, value, now, epoch) for tag, epoch, value in curve_points(folder)]
-        metrics += [Metric(tag, value, now, 0) for tag, value in final_scores(report).items()]
-        run_id = run.info.run_id
-        self.client.log_batch(run_id, params=[Param(k, str(v)) for k, v in params.items()])
+        metrics = [Metric(tag, value, now, step) for tag, step, value in points]
         for start in range(0, len(metrics), 1000):  # MLflow's batch limit
             self.client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        self.client.set_terminated(run_id, "FINISHED" if report.status == "ok" else "FAILED")
 
-    def close(self) -> None:
-        pass
+    def log_epoch(self, cell: Cell, folder: Path, rows: list[HistoryRow]) -> None:
+        self.log_points(self.run(cell), epoch_points(rows))
+
+    def log_cell(self, report: CellReport, folder: Path) -> None:
+        streamed = report.cell in self.runs
+        run_id = self.run(report.cell)
+        if not streamed:  # no epochs reached this process (Ray)
+            self.log_points(run_id, curve_points(folder))
+        finals = ((tag, 0, value) for tag, value in final_scores(report).items())
+        self.log_points(run_id, finals)
+        self.client.set_terminated(run_id, "FINISHED" if report.status == "ok" else "FAILED")
+        del self.runs[report.cell]
 
 
 def make_trackers(names: tuple[str, ...], out: Path, experiment: str) -> list[Tracker]:

@@ -79,7 +79,7 @@ def train_stack(
     subsets: bool = True,
     precision: str = "fp32",
     logs: Sequence[Callable[[str], None]] | None = None,
-    progress: Callable[[int, int, int], None] | None = None,
+    progress: Callable[[int, int, int, list[HistoryRow]], None] | None = None,
 ) -> list[TrainOutcome | CellFailure]:
     """Train the cells of one stack (more than one only for a method that stacks, see
     `imerbench/stacking.py`); a member that fails fails alone, and each member's stages end
@@ -92,8 +92,8 @@ def train_stack(
     weights (val, or the oracle's without val) on every forced subset and stored-mask
     pattern of the test split.
     `precision`: `bf16` runs every forward pass (training and evaluation) under bfloat16
-    autocast; see `autocast`. `progress(k, epoch, epochs)`: called after each epoch of
-    member k (a progress bar's feed).
+    autocast; see `autocast`. `progress(k, epoch, epochs, rows)`: called after each epoch of
+    member k with that epoch's curve rows (a progress bar's and the trackers' feed).
     """
     size = len(members)
     if size > 1 and not can_stack(method):
@@ -147,6 +147,7 @@ def train_stack(
     for index in range(epochs):  # the random streams' epoch index, from 0
         epoch = index + 1  # what rows, logs and errors say: epochs count from 1
         now = training()
+        first = [len(h) for h in history]  # where this epoch's curve rows start
         if not now:
             break
         start = time.perf_counter()
@@ -216,7 +217,7 @@ def train_stack(
             ]
             logs[k](f"epoch {epoch}/{epochs} [{stages[k]}] " + " ".join(shown))
             if progress is not None:
-                progress(k, epoch, epochs)
+                progress(k, epoch, epochs, history[k][first[k] :])
             signal = method.stage_score(stages[k], val_scores[k], primary) if has_val else None
             reason = clocks[k].tick(signal)
             if reason and not clocks[k].done:

@@ -20,9 +20,11 @@ from imerbench.files import atomic_write
 from imerbench.grid import Cell
 from imerbench.plan import PlannedCell, RunOptions, Stack
 from imerbench.results import ResultStore
+from imerbench.selection import HistoryRow
 
 MERGE_INTERVAL_S = 30.0  # how often a running grid rebuilds results.csv
-OnEpoch = Callable[[Cell, int, int], None]  # a cell ended an epoch (epoch, epoch cap)
+# A cell ended an epoch: (cell, epoch, epoch cap, the epoch's curve rows).
+OnEpoch = Callable[[Cell, int, int, list[HistoryRow]], None]
 
 
 def write_cell_result(store: ResultStore, folder: Path, result: CellResult) -> None:
@@ -98,9 +100,9 @@ def run_stack(
 
                 return log
 
-            def progress(k: int, epoch: int, epochs: int) -> None:
+            def progress(k: int, epoch: int, epochs: int, rows: list[HistoryRow]) -> None:
                 if on_epoch is not None:
-                    on_epoch(mine[k].cell, epoch, epochs)
+                    on_epoch(mine[k].cell, epoch, epochs, rows)
 
             results = compute_stack(
                 mine, ws, [logger(k) for k in range(len(mine))], progress=progress

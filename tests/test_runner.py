@@ -291,8 +291,9 @@ def test_each_epoch_of_each_cell_reaches_the_caller(small_grid, tmp_path, jobs: 
     ended: list[object] = []
     options = RunOptions(out=tmp_path, device="cpu", jobs=jobs)
 
-    def on_epoch(cell, epoch, cap) -> None:  # type: ignore[no-untyped-def]
+    def on_epoch(cell, epoch, cap, rows) -> None:  # type: ignore[no-untyped-def]
         assert cell not in ended  # a cell's epochs come before its end
+        assert rows and {r[0] for r in rows} == {epoch}  # that epoch's curve rows
         epochs[cell].append((epoch, cap))
 
     run_grid(grid, options, lambda report: ended.append(report.cell), on_epoch)

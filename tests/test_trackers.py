@@ -82,3 +82,22 @@ def test_an_unknown_or_missing_tracker_is_refused_before_any_work(monkeypatch) -
                         lambda name: None if name == "mlflow" else real(name))  # fmt: skip
     with pytest.raises(ImerbenchError, match=r"pip install 'imerbench\[mlflow\]'"):
         parse_trackers("tensorboard,mlflow")
+
+
+def test_curves_reach_the_trackers_while_the_cell_trains(tmp_path: Path) -> None:
+    """At a cell's third epoch, its first two are already in its TensorBoard folder."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = {"methods": ["late-fusion"], "missing_rates": [0.5], "seeds": [0], "epochs": 3}
+    seen: list[list[int]] = []
+
+    def on_epoch(cell, epoch, cap, rows) -> None:  # type: ignore[no-untyped-def]
+        if epoch == 3:
+            (folder,) = (tmp_path / "tensorboard" / "synthetic" / "late-fusion").iterdir()
+            events = EventAccumulator(str(folder))
+            events.Reload()
+            seen.append([e.step for e in events.Scalars(CURVE)])
+
+    options = RunOptions(out=tmp_path, device="cpu", jobs=1, log_to=("tensorboard",))
+    run_grid(grid_from_dict(raw, "test"), options, on_epoch=on_epoch)
+    assert seen == [[1, 2]]

@@ -31,6 +31,12 @@ def is_rate(mask: object) -> bool:
     return True
 
 
+def rate_mask(frame: pd.DataFrame) -> pd.Series:
+    """Which rows were trained under a missing rate (not one modality's condition), as
+    booleans also when `frame` is empty (a mask of another dtype would select columns)."""
+    return frame["mask"].map(is_rate).astype(bool)
+
+
 def ceiling_methods(df: pd.DataFrame) -> dict[str, str]:
     """{label: modality} of the unimodal ceilings among the rows (their registered role)."""
     ceilings = df[df["role"] == "ceiling"]
@@ -64,7 +70,7 @@ def fold_mean(df: pd.DataFrame, extra: list[str] | None = None) -> pd.DataFrame:
 def forced_single(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
     """Per (method, dataset, MR, seed): the forced a, t and v scores (columns a, t, v)."""
     rows = primary_rows(df, selection)
-    rows = rows[rows["condition"].isin(MODALITIES) & rows["mask"].map(is_rate)]
+    rows = rows[rows["condition"].isin(MODALITIES) & rate_mask(rows)]
     per_seed = fold_mean(rows, ["condition"])
     wide = per_seed.pivot_table(index=CELL, columns="condition", values="value")
     return wide.reindex(columns=list(MODALITIES)).reset_index()
@@ -138,6 +144,9 @@ def under_optimization(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame
     difference (score - ceiling; the sign is flipped for lower-is-better metrics so that
     negative always means worse inside the multimodal model)."""
     wide = forced_single(df, selection)
+    if wide.empty:  # no forced single-modality score in the rows
+        columns = [*CELL, "modality", "score", "ceiling", "source", "under_optimization"]
+        return pd.DataFrame(columns=columns)
     long = wide.melt(
         id_vars=CELL, value_vars=list(MODALITIES), var_name="modality", value_name="score"
     ).dropna(subset=["score"])
@@ -179,7 +188,7 @@ def subset_matrix(df: pd.DataFrame, dataset: str, selection: str = "val") -> pd.
     Cells trained under a condition mask (the ceilings) are left out."""
     rows = primary_rows(df, selection)
     keep = (rows["dataset"] == dataset) & rows["condition"].isin(SUBSETS)
-    rows = rows[keep & rows["mask"].map(is_rate)]
+    rows = rows[keep & rate_mask(rows)]
     per_seed = fold_mean(rows, ["condition"])
     table = per_seed.groupby(["method", "condition"])["value"].mean().unstack()
     return table.reindex(columns=list(SUBSETS))

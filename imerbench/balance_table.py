@@ -17,9 +17,9 @@ import pandas as pd
 
 from imerbench.analysis import (
     fold_mean,
-    is_rate,
     modality_gap,
     primary_rows,
+    rate_mask,
     under_optimization,
 )
 from imerbench.data import MODALITIES, resolve_dataset
@@ -49,13 +49,13 @@ def pairs(df: pd.DataFrame) -> list[tuple[str, str, str]]:
 def per_seed(df: pd.DataFrame, selection: str) -> dict[str, pd.DataFrame]:
     """Each quantity per (method, dataset, MR, seed)."""
     rows = primary_rows(df, selection)
-    fused = fold_mean(rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)])
+    fused = fold_mean(rows[(rows["condition"] == "mask") & rate_mask(rows)])
     gap = modality_gap(df, selection).rename(columns={"gap": "value"})
-    out = {"fused": fused, "gap": gap[gap["mask"].map(is_rate)]}
+    out = {"fused": fused, "gap": gap[rate_mask(gap)]}
     uo = under_optimization(df, selection)
     if uo.empty:  # no unimodal ceiling in the grid
         return out
-    uo = uo[uo["mask"].map(is_rate)].rename(columns={"under_optimization": "value"})
+    uo = uo[rate_mask(uo)].rename(columns={"under_optimization": "value"})
     for m in MODALITIES:
         out[f"under-opt {m}"] = uo[uo["modality"] == m]
     return out

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from imerbench.analysis import is_rate, primary_rows
+from imerbench.analysis import is_rate, primary_rows, rate_mask
 from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import bayes_table, resolve_dataset
 from imerbench.metrics import METRICS
@@ -240,7 +240,7 @@ def leaderboards(
         rows = df[df["dataset"] == dataset]
         failed = rows[rows["status"] == "failed"].groupby("method")["seed"].count().to_dict()
         ok = primary_rows(rows, selection, metric=shown)
-        ok = ok[(ok["condition"] == "mask") & ok["mask"].map(is_rate).astype(bool)]
+        ok = ok[(ok["condition"] == "mask") & rate_mask(ok).astype(bool)]
         methods = sorted(set(rows["method"].dropna()))
         if ok.empty and not failed:
             continue

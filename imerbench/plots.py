@@ -19,9 +19,9 @@ from matplotlib.lines import Line2D
 from imerbench.analysis import (
     ceiling_methods,
     fold_mean,
-    is_rate,
     modality_gap,
     primary_rows,
+    rate_mask,
     subset_matrix,
     under_optimization,
     without_ceilings,
@@ -82,7 +82,7 @@ def _label(dataset: str) -> str:
 def score_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     """(1) Primary score against the missing rate, mean over seeds with a min-max band."""
     rows = primary_rows(df[df["dataset"] == dataset])
-    rows = rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)]
+    rows = rows[(rows["condition"] == "mask") & rate_mask(rows)]
     per_seed = fold_mean(rows)
     styles = line_styles(df)
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
@@ -146,7 +146,9 @@ def under_optimization_bars(df: pd.DataFrame, dataset: str, out: Path) -> list[P
     """(3) Under-optimization per modality and method, mean over MRs and seeds (+/- std)."""
     uo = under_optimization(df[df["dataset"] == dataset])
     uo = without_ceilings(uo, df)
-    uo = uo[uo["mask"].map(is_rate)]
+    uo = uo[rate_mask(uo)]
+    if uo.empty:  # no ceiling, or no forced single-modality score: nothing to draw
+        return []
     methods = sorted(uo["method"].unique())
     fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(methods) + 2), 4.2))
     width = 0.25
@@ -295,7 +297,7 @@ def subset_heatmap(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
 def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
     """(6) Average ranks over (dataset, MR) blocks with the Nemenyi critical difference."""
     rows = primary_rows(df)
-    rows = rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)]
+    rows = rows[(rows["condition"] == "mask") & rate_mask(rows)]
     per_seed = fold_mean(rows)
     blocks = per_seed.groupby(["dataset", "missing_rate", "method"])["value"].mean().unstack()
     blocks = blocks.dropna(axis=1)  # methods present in every block

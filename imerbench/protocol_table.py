@@ -7,7 +7,7 @@ import math
 
 import pandas as pd
 
-from imerbench.analysis import is_rate, protocol_gap
+from imerbench.analysis import protocol_gap, rate_mask
 from imerbench.convergence import NOT_CONVERGED_MARK, not_converged
 from imerbench.data import resolve_dataset
 from imerbench.tables import render_rows
@@ -19,7 +19,7 @@ def protocol_table(df: pd.DataFrame, fmt: str = "md") -> str:
     gap = protocol_gap(df)
     if gap.empty:
         return "no cell has both val and test-oracle rows"
-    gap = gap[gap["mask"].map(is_rate)].sort_values(["dataset", "method", "missing_rate"])
+    gap = gap[rate_mask(gap)].sort_values(["dataset", "method", "missing_rate"])
     if fmt == "csv":
         return gap.to_csv(index=False, lineterminator="\n")
     capped = not_converged(df)

@@ -17,6 +17,7 @@ from imerbench.analysis import (
     is_rate,
     modality_gap,
     primary_rows,
+    rate_mask,
     under_optimization,
     without_ceilings,
 )
@@ -58,7 +59,7 @@ def analysis_markdown(df: pd.DataFrame) -> str:
     lines = []
     gap = modality_gap(df)
     gap = without_ceilings(gap, df)
-    gap = gap[gap["mask"].map(is_rate)]
+    gap = gap[rate_mask(gap)]
     for dataset, g in gap.groupby("dataset"):
         table = g.groupby(["method", "missing_rate"])["gap"].mean().unstack() * 100
         lines += [
@@ -72,7 +73,7 @@ def analysis_markdown(df: pd.DataFrame) -> str:
         lines.append("")
     uo = under_optimization(df)
     uo = without_ceilings(uo, df)
-    uo = uo[uo["mask"].map(is_rate)]
+    uo = uo[rate_mask(uo)]
     for dataset, g in uo.groupby("dataset"):
         table = g.groupby(["method", "modality"])["under_optimization"].mean().unstack() * 100
         # a ceiling that is not the method's own (it was not trained on m alone)
@@ -100,7 +101,7 @@ def robustness_markdown(df: pd.DataFrame) -> str:
     """Per dataset, each method's area under its score-vs-MR curve (the mean score over the
     MR range, `imerbench.stats.area_under_mr`), mean ± std over seeds, best first."""
     rows = primary_rows(df)
-    rows = fold_mean(rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)])
+    rows = fold_mean(rows[(rows["condition"] == "mask") & rate_mask(rows)])
     lines = []
     for dataset, g in rows.groupby("dataset"):
         rates = sorted(g["missing_rate"].unique())
@@ -135,7 +136,7 @@ def method_markdown(df: pd.DataFrame, method: str) -> str:
     """One method at a glance: per dataset and MR, its score, its forced single-modality
     scores, their under-optimization, and how its cells stopped."""
     rows = primary_rows(df[df["method"] == method])
-    scores = fold_mean(rows[(rows["condition"] == "mask") & rows["mask"].map(is_rate)])
+    scores = fold_mean(rows[(rows["condition"] == "mask") & rate_mask(rows)])
     forced = forced_single(df[df["method"] == method])
     under = under_optimization(df)
     under = under[under["method"] == method] if not under.empty else under

@@ -349,3 +349,13 @@ def test_plot_of_a_copied_csv_says_the_curves_need_the_run_folder(
     assert "training-curves" not in out and "score-vs-mr" in out
     code, out, err = run_cli("plot", str(small_run), "--out", str(tmp_path / "figs2"))
     assert code == 0 and "note" not in err and "training-curves" in out
+
+
+def test_rate_rows_of_an_empty_frame_keep_its_columns() -> None:
+    from imerbench.analysis import rate_mask
+
+    empty = pd.DataFrame({"mask": pd.Series([], dtype="str"), "value": pd.Series([], dtype=float)})
+    assert rate_mask(empty).dtype == bool
+    assert list(empty[rate_mask(empty)].columns) == ["mask", "value"]
+    full = pd.DataFrame({"mask": ["0.5", "a", "0.0"], "value": [1.0, 2.0, 3.0]})
+    assert full[rate_mask(full)]["value"].tolist() == [1.0, 3.0]

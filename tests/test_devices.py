@@ -90,7 +90,7 @@ def test_cli_passes_jobs_per_device_and_refuses_negative(
     assert code == 2 and len(err.strip().splitlines()) == 1 and "--jobs-per-device -1" in err
     seen: list[RunOptions] = []
 
-    def fake_run_grid(grid, options, on_cell):
+    def fake_run_grid(grid, options, on_cell, on_epoch=None):
         seen.append(options)
         return ResultStore(options.out)
 

@@ -226,7 +226,7 @@ def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
          "<details><summary>val vs test-oracle per method and MR</summary>"
          + tables_html(protocol_table(df)) + "</details>"),
     ]  # fmt: skip
-    title = f"imerbench report: {results_dir.name} on {', '.join(datasets)}"
+    title = f"imerbench report: {results_dir.name} ({', '.join(datasets)})"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page(title, header, sections), encoding="utf-8")
     return out

@@ -223,7 +223,7 @@ def test_every_figure_and_the_report_are_written(small_run: Path) -> None:
     text = report.read_text()
     assert text.count("data:image/png;base64,") == 6
     assert "late-fusion" in text and "Bayes limit" in text
-    assert f"<title>imerbench report: {small_run.name} on synthetic</title>" in text
+    assert f"<title>imerbench report: {small_run.name} (synthetic)</title>" in text
     sections = ["leaderboards", "robustness", "imbalance", "methods", "convergence", "inflation"]
     for sid in sections:  # each in the table of contents and on the page
         assert f"<a href='#{sid}'>" in text and f"<section id='{sid}'>" in text, sid

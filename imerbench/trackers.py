@@ -1,7 +1,7 @@
 """Experiment trackers (`--log-to tensorboard,mlflow`): every cell trained by a run is logged
 epoch by epoch as it trains (its curve rows, as `curves.csv` will hold them) and, when it
-ends, with its final scores (its rows). Under Ray, whose tasks report cells only, the curves
-are logged from `curves.csv` when the cell ends.
+ends, with its final scores (its rows) and any epochs that did not reach this process in
+time (under Ray, whose tasks report cells only, all of them), read from its `curves.csv`.
 
 TensorBoard: one event folder per cell, `<out>/tensorboard/<dataset>/<method>/<cell>`
 (`tensorboard --logdir <out>/tensorboard`). MLflow: one run per cell in the experiment named
@@ -75,10 +75,27 @@ class Tracker(Protocol):
     def log_cell(self, report: CellReport, folder: Path) -> None: ...
 
 
-class TensorBoardTracker:
+class Streamed:
+    """The epochs of each cell a tracker has logged, so that at its end the rest of its
+    curves (epochs that never reached this process: Ray, or a worker's last epochs still
+    in the queue when its cell was reported) come from its `curves.csv`."""
+
+    def __init__(self) -> None:
+        self.last: dict[Cell, int] = {}
+
+    def saw(self, cell: Cell, rows: list[HistoryRow]) -> None:
+        self.last[cell] = max([self.last.get(cell, 0), *(int(r[0]) for r in rows)])
+
+    def missed(self, cell: Cell, folder: Path) -> list[tuple[str, int, float]]:
+        last = self.last.pop(cell, 0)
+        return [p for p in curve_points(folder) if p[1] > last]
+
+
+class TensorBoardTracker(Streamed):
     """One event folder per cell, open while the cell trains."""
 
     def __init__(self, out: Path) -> None:
+        super().__init__()
         self.root = out / "tensorboard"
         self.writers: dict[Cell, Any] = {}
 
@@ -95,27 +112,27 @@ class TensorBoardTracker:
         for tag, epoch, value in epoch_points(rows):
             writer.add_scalar(tag, value, epoch)
         writer.flush()
+        self.saw(cell, rows)
 
     def log_cell(self, report: CellReport, folder: Path) -> None:
-        streamed = report.cell in self.writers
         writer = self.writer(report.cell, folder)
         try:
             writer.add_text("cell", f"{report.cell.describe()}: {report.status}, {report.summary}")
-            if not streamed:  # no epochs reached this process (Ray)
-                for tag, epoch, value in curve_points(folder):
-                    writer.add_scalar(tag, value, epoch)
+            for tag, epoch, value in self.missed(report.cell, folder):
+                writer.add_scalar(tag, value, epoch)
             for tag, value in final_scores(report).items():
                 writer.add_scalar(tag, value, 0)
         finally:
             self.writers.pop(report.cell).close()
 
 
-class MLflowTracker:
+class MLflowTracker(Streamed):
     """One MLflow run per cell, created at its first epoch and ended with it."""
 
     def __init__(self, out: Path, experiment: str) -> None:
         from mlflow.tracking import MlflowClient
 
+        super().__init__()
         uri = os.environ.get("MLFLOW_TRACKING_URI") or f"file:{(out / 'mlruns').resolve()}"
         if uri.startswith("file:"):  # MLflow keeps its local file store behind this switch
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
@@ -150,12 +167,11 @@ class MLflowTracker:
 
     def log_epoch(self, cell: Cell, folder: Path, rows: list[HistoryRow]) -> None:
         self.log_points(self.run(cell), epoch_points(rows))
+        self.saw(cell, rows)
 
     def log_cell(self, report: CellReport, folder: Path) -> None:
-        streamed = report.cell in self.runs
         run_id = self.run(report.cell)
-        if not streamed:  # no epochs reached this process (Ray)
-            self.log_points(run_id, curve_points(folder))
+        self.log_points(run_id, iter(self.missed(report.cell, folder)))
         finals = ((tag, 0, value) for tag, value in final_scores(report).items())
         self.log_points(run_id, finals)
         self.client.set_terminated(run_id, "FINISHED" if report.status == "ok" else "FAILED")

@@ -23,7 +23,8 @@ def logged(tmp_path_factory) -> Path:  # type: ignore[no-untyped-def]
            "missing_rates": [0.5], "seeds": [0], "epochs": 3}  # fmt: skip
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        options = RunOptions(out=out, device="cpu", jobs=1, log_to=("tensorboard", "mlflow"))
+        # Two workers: epochs cross a queue, and each cell's curves must still be whole.
+        options = RunOptions(out=out, device="cpu", jobs=2, log_to=("tensorboard", "mlflow"))
         run_grid(grid_from_dict(raw, "test"), options)
     return out
 

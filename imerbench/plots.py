@@ -1,7 +1,8 @@
 """Figures of the modality-imbalance analysis, drawn from the rows (and the per-run curves).
 
 Each figure is written as PNG and PDF. Colours are fixed per modality and per method so
-that figures can be read side by side.
+that figures can be read side by side (`imerbench/plot_style.py`); the critical-difference
+diagram is in `imerbench/plot_ranks.py`.
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("Agg")
+matplotlib.use("Agg")  # files only, also where a display exists
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.lines import Line2D
 
+from imerbench import plot_ranks
+from imerbench import plot_style as style
 from imerbench.analysis import (
     ceiling_methods,
     fold_mean,
@@ -28,50 +30,7 @@ from imerbench.analysis import (
 )
 from imerbench.data import MODALITIES, resolve_dataset
 from imerbench.leaderboard import bayes_limits
-from imerbench.metrics import METRICS
-from imerbench.stats import average_ranks, friedman, nemenyi_cd
-
-MODALITY_COLORS = {"a": "#e66101", "t": "#2166ac", "v": "#1b7837"}
-MODALITY_NAMES = {"a": "audio", "t": "text", "v": "video"}
-
-
-def method_colors(methods: list[str]) -> dict[str, tuple[float, ...]]:
-    cmap = plt.get_cmap("tab10" if len(methods) <= 10 else "tab20")
-    return {m: cmap(i % cmap.N) for i, m in enumerate(sorted(methods))}
-
-
-REFERENCE_MARKERS = "sD^v<>p*hX"
-
-
-def line_styles(df: pd.DataFrame) -> dict[str, dict[str, object]]:
-    """Per method label, how its line is drawn: the methods in colour, solid; references
-    and ceilings (role in the rows) in grey, dashed, each with its own marker and shade."""
-    roles = df.drop_duplicates("method").set_index("method")["role"].to_dict()
-    methods = sorted(m for m, r in roles.items() if r not in ("reference", "ceiling"))
-    others = sorted(m for m in roles if m not in methods)
-    colors = method_colors(methods) if methods else {}
-    styles: dict[str, dict[str, object]] = {
-        m: {"color": colors[m], "linestyle": "-", "marker": "o"} for m in methods
-    }
-    for i, m in enumerate(others):
-        shade = 0.25 + 0.45 * i / max(len(others) - 1, 1)
-        marker = REFERENCE_MARKERS[i % len(REFERENCE_MARKERS)]
-        styles[m] = {"color": (shade, shade, shade, 1.0), "linestyle": "--", "marker": marker}
-    return styles
-
-
-def legend_outside(ax: plt.Axes) -> None:
-    """The legend to the right of the axes, where it covers no data."""
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-
-
-def _save(fig: plt.Figure, out: Path, name: str) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / f"{name}.png", out / f"{name}.pdf"]
-    fig.savefig(paths[0], dpi=150, bbox_inches="tight")
-    fig.savefig(paths[1], bbox_inches="tight")
-    plt.close(fig)
-    return paths
+from imerbench.plot_style import MODALITY_COLORS, MODALITY_NAMES, legend_outside, line_styles
 
 
 def _label(dataset: str) -> str:
@@ -111,7 +70,7 @@ def score_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     )
     ax.grid(alpha=0.3)
     legend_outside(ax)
-    return _save(fig, out, f"{dataset}-score-vs-mr")
+    return style.save(fig, out, f"{dataset}-score-vs-mr")
 
 
 def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
@@ -139,7 +98,7 @@ def gap_vs_mr(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
     )
     ax.grid(alpha=0.3)
     legend_outside(ax)
-    return _save(fig, out, f"{dataset}-modality-gap")
+    return style.save(fig, out, f"{dataset}-modality-gap")
 
 
 def under_optimization_bars(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
@@ -182,7 +141,7 @@ def under_optimization_bars(df: pd.DataFrame, dataset: str, out: Path) -> list[P
     ax.set_title(title, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(title="modality", fontsize=8)
-    return _save(fig, out, f"{dataset}-under-optimization")
+    return style.save(fig, out, f"{dataset}-under-optimization")
 
 
 def read_curves(results_dir: Path, dataset: str) -> pd.DataFrame:
@@ -254,7 +213,7 @@ def training_curves(
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
-    return _save(fig, out, f"{dataset}-training-curves")
+    return style.save(fig, out, f"{dataset}-training-curves")
 
 
 def _mean_curve(rows: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -291,113 +250,7 @@ def subset_heatmap(df: pd.DataFrame, dataset: str, out: Path) -> list[Path]:
         f"{dataset}: score by present-modality subset (mean over MRs and n = {seeds} seeds)",
         fontsize=10,
     )
-    return _save(fig, out, f"{dataset}-subset-heatmap")
-
-
-def critical_difference(df: pd.DataFrame, out: Path) -> list[Path]:
-    """(6) Average ranks over (dataset, MR) blocks with the Nemenyi critical difference."""
-    rows = primary_rows(df)
-    rows = rows[(rows["condition"] == "mask") & rate_mask(rows)]
-    per_seed = fold_mean(rows)
-    blocks = per_seed.groupby(["dataset", "missing_rate", "method"])["value"].mean().unstack()
-    blocks = blocks.dropna(axis=1)  # methods present in every block
-    if blocks.shape[0] < 2 or blocks.shape[1] < 2:
-        return []
-    datasets = blocks.index.get_level_values(0)
-    higher = np.array(
-        [METRICS[resolve_dataset(d).primary_metric].higher_is_better for d in datasets]
-    )
-    scores = blocks.to_numpy() * np.where(higher, 1, -1)[:, None]
-    ranks = average_ranks(scores)
-    k, n = blocks.shape[1], blocks.shape[0]
-    cd = nemenyi_cd(k, n)
-    test = friedman(scores)
-    order = np.argsort(ranks)
-    fig, ax = plt.subplots(figsize=(7.0, 0.32 * k + 2.0))
-    labels = []
-    middle = (k + 1) / 2
-    for row, idx in enumerate(order):
-        ax.plot(ranks[idx], row, "o", color="k")
-        right = ranks[idx] <= middle  # the label on the side with more room
-        labels.append(
-            ax.annotate(
-                f"{blocks.columns[idx]} ({ranks[idx]:.2f})",
-                (ranks[idx], row),
-                xytext=(7 if right else -7, 0),
-                textcoords="offset points",
-                ha="left" if right else "right",
-                va="center",
-                fontsize=8,
-            )
-        )
-    # One bar per maximal group of methods whose ranks lie within the critical difference.
-    groups = cliques(ranks[order], cd)
-    for level, (lo, hi) in enumerate(groups):
-        y = k + 0.2 + 0.35 * level
-        ax.plot([ranks[order[lo]], ranks[order[hi]]], [y, y], color="tab:red", lw=3, alpha=0.7)
-    ax.plot([1, 1 + cd], [-0.8, -0.8], color="k", lw=2)
-    ax.text(1 + cd / 2, -1.05, f"CD = {cd:.2f}", ha="center", fontsize=8)
-    ax.set_ylim(k + 0.5 + 0.35 * len(groups), -1.4)
-    ax.set_xlim(0.5, k + 0.5)
-    fit_labels(fig, ax, labels)
-    ax.set_yticks([])
-    ax.set_xlabel("average rank (1 = best)")
-    ax.set_title(
-        f"Average ranks over {n} blocks (one dataset and missing rate each; a method's mean\n"
-        f"over n = {per_seed['seed'].nunique()} seeds); Friedman p = {test.p_chi2:.2g}",
-        fontsize=9,
-    )
-    ax.grid(axis="x", alpha=0.3)
-    ax.legend(
-        handles=[
-            Line2D([], [], color="k", lw=2, label=f"critical difference (CD = {cd:.2f})"),
-            Line2D(
-                [],
-                [],
-                color="tab:red",
-                lw=3,
-                alpha=0.7,
-                label="joins methods not significantly different (Nemenyi, α = 0.05)",
-            ),
-        ],
-        loc="upper center",
-        bbox_to_anchor=(0.5, -0.12),
-        ncol=1,
-        fontsize=8,
-        frameon=False,
-    )
-    return _save(fig, out, "critical-difference")
-
-
-def fit_labels(fig: plt.Figure, ax: plt.Axes, labels: list[plt.Annotation]) -> None:
-    """Widen the x range until every label lies inside the axes (a long method name near an
-    edge would otherwise run out of the frame)."""
-    for _ in range(4):
-        fig.canvas.draw()
-        box = ax.get_window_extent()
-        left = min(t.get_window_extent().x0 for t in labels)
-        right = max(t.get_window_extent().x1 for t in labels)
-        if left >= box.x0 and right <= box.x1:
-            return
-        lo, hi = ax.get_xlim()
-        per_pixel = (hi - lo) / box.width
-        pad = 4 * per_pixel
-        ax.set_xlim(
-            lo - max(box.x0 - left, 0) * per_pixel - pad,
-            hi + max(right - box.x1, 0) * per_pixel + pad,
-        )
-
-
-def cliques(sorted_ranks: np.ndarray, cd: float) -> list[tuple[int, int]]:
-    """Maximal runs (first, last index) of sorted ranks spanning less than `cd`."""
-    out: list[tuple[int, int]] = []
-    for i in range(len(sorted_ranks)):
-        j = i
-        while j + 1 < len(sorted_ranks) and sorted_ranks[j + 1] - sorted_ranks[i] < cd:
-            j += 1
-        if j > i and not (out and out[-1][1] >= j):
-            out.append((i, j))
-    return out
+    return style.save(fig, out, f"{dataset}-subset-heatmap")
 
 
 def plot_all(results_dir: Path, df: pd.DataFrame, out: Path) -> list[Path]:
@@ -409,5 +262,5 @@ def plot_all(results_dir: Path, df: pd.DataFrame, out: Path) -> list[Path]:
         written += under_optimization_bars(df, dataset, out)
         written += training_curves(results_dir, df, dataset, out)
         written += subset_heatmap(df, dataset, out)
-    written += critical_difference(df, out)
+    written += plot_ranks.critical_difference(df, out)
     return written

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_analysis import row
 
-from imerbench import plots
+from imerbench import plot_ranks, plot_style, plots
 
 LONG = "late-fusion[hidden=64,dropout=0.3]+g-blending[super_epoch=3]"
 
@@ -22,7 +22,7 @@ def drawn(monkeypatch):  # type: ignore[no-untyped-def]
         figures.append(fig)
         return []
 
-    monkeypatch.setattr(plots, "_save", keep)
+    monkeypatch.setattr(plot_style, "save", keep)
     return figures
 
 
@@ -59,7 +59,7 @@ def test_score_vs_mr_keeps_its_legend_off_the_data_and_references_grey_dashed(dr
 @pytest.mark.parametrize("count", [3, 12])
 def test_critical_difference_labels_stay_inside_and_apart(drawn, count: int) -> None:  # type: ignore[no-untyped-def]
     names = [f"{LONG}-{i}" if i in (0, count - 1) else f"m{i}" for i in range(count)]
-    plots.critical_difference(frame(dict.fromkeys(names, "method")), None)  # type: ignore[arg-type]
+    plot_ranks.critical_difference(frame(dict.fromkeys(names, "method")), None)  # type: ignore[arg-type]
     (fig,) = drawn
     ax = fig.axes[0]
     fig.canvas.draw()

@@ -124,9 +124,9 @@ class Workspace:
         stream = (corpus.name, cell.fold, cell.seed)
         kept, held = hold_out(train, planned.method.holdout, *stream)
         holdout = SplitData(corpus, held, self.device, pad_to=pad_to)
-        speakers = corpus.speakers[holdout.utterances] if len(corpus.speaker_names) > 1 else None
+        groups = corpus.mask_groups(holdout.utterances)
         mask = holdout_mask(
-            corpus.name, cell.fold, cell.mask, cell.seed, holdout.num_utterances, speakers
+            corpus.name, cell.fold, cell.mask, cell.seed, holdout.num_utterances, groups
         )
         return SplitData(corpus, kept, self.device, pad_to=pad_to), holdout.with_mask(mask)
 

@@ -132,14 +132,14 @@ def robustness_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def method_markdown(df: pd.DataFrame, method: str) -> str:
+def method_markdown(df: pd.DataFrame, method: str, under: pd.DataFrame) -> str:
     """One method at a glance: per dataset and MR, its score, its forced single-modality
-    scores, their under-optimization, and how its cells stopped."""
+    scores, their under-optimization (`under`: every method's, from `under_optimization`),
+    and how its cells stopped."""
     rows = primary_rows(df[df["method"] == method])
     scores = fold_mean(rows[(rows["condition"] == "mask") & rate_mask(rows)])
     forced = forced_single(df[df["method"] == method])
-    under = under_optimization(df)
-    under = under[under["method"] == method] if not under.empty else under
+    under = under[under["method"] == method]
     lines = []
     for dataset, g in scores.groupby("dataset"):
         header = ["MR", "score", *(f"{m} forced" for m in MODALITIES)]
@@ -213,9 +213,10 @@ def write_report(results_dir: Path, df: pd.DataFrame, out: Path) -> Path:
     ]  # fmt: skip
     if pairs(df):
         sections.append(("balance", "Balance strategies", tables_html(balance_table(df))))
+    under = under_optimization(df)  # once, for every method's section
     per_method = "".join(
-        f"<details><summary>{html.escape(m)}</summary>{tables_html(method_markdown(df, m))}"
-        "</details>"
+        f"<details><summary>{html.escape(m)}</summary>"
+        f"{tables_html(method_markdown(df, m, under))}</details>"
         for m in sorted(df["method"].dropna().unique())
     )
     sections += [

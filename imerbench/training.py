@@ -107,7 +107,7 @@ def train_stack(
     ctxs = [RunContext.for_metric(primary, m.splits.get("holdout")) for m in members]
     views, model, optimizer = build_stack(method, corpus, members, fold, device)
     epochs = method.hp["epochs"]
-    groups = corpus.speakers[train.utterances] if len(corpus.speaker_names) > 1 else None
+    groups = corpus.mask_groups(train.utterances)
     fixed = padded_training(method)
     has_val = "val" in members[0].splits
     higher = METRICS[primary].higher_is_better

@@ -150,6 +150,11 @@ class Corpus:
         ends = self.dialogue_offsets[np.asarray(dialogues) + 1]
         return np.concatenate([np.arange(s, e) for s, e in zip(starts, ends, strict=True)])
 
+    def mask_groups(self, utterances: np.ndarray) -> np.ndarray | None:
+        """What masks are drawn within for these utterances: their speakers, where the
+        corpus has more than one (`imerbench/data/masks.py`), else None."""
+        return self.speakers[utterances] if len(self.speaker_names) > 1 else None
+
     def split_utterances(self, fold: int, split: SplitName) -> np.ndarray:
         return self.utterances(self.fold(fold).get(split))
 

@@ -78,7 +78,7 @@ class MaskStore:
                 mask = self._load(path, ids)
                 self._memory[key] = (ids, mask)
                 return mask
-        groups = corpus.speakers[utts] if len(corpus.speaker_names) > 1 else None
+        groups = corpus.mask_groups(utts)
         mask = eval_mask(corpus.name, fold, split, spec, mask_seed, len(utts), groups)
         if path is not None:
             _savez(

@@ -58,6 +58,7 @@ from imerbench.methods.mult import (
     mult_params,
     others,
     released_availability,
+    unpack,
 )
 from torch import Tensor, nn
 
@@ -194,13 +195,12 @@ class DiCMoRNet(MulTNet):
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
         if stage == PRETRAIN and batch.complete is not None:  # complete training inputs
             batch = batch.complete
-        b, n = batch.valid.shape
         proj = self.projected(batch)
         extras: dict[str, Tensor] = {}
         if stage == RECOVER:
             proj, recovered = self.recover(proj, released_availability(batch))
             extras = {f"recovered_{r}": rows_values for r, rows_values in recovered.items()}
-        return ModelOutput(fused=self.backbone(proj).view(b, n, -1), extras=extras)
+        return ModelOutput(fused=unpack(self.backbone(proj), batch.valid), extras=extras)
 
     def prior(self, labels: Tensor) -> tuple[Tensor, Tensor]:
         """(mean, log-sd) [N, d] of each utterance's label prior."""
@@ -214,11 +214,10 @@ class DiCMoRNet(MulTNet):
     def nll(self, proj: dict[str, Tensor], complete: Batch) -> dict[str, Tensor]:
         """Per modality, the released bits-per-dimension NLL of the complete projected
         features' (`proj`) latents under their labels' priors, over the real utterances."""
-        valid = complete.valid.flatten()
-        mean, log_sd = self.prior(complete.labels.flatten()[valid])
+        mean, log_sd = self.prior(complete.labels[complete.valid])
         out = {}
         for r, x in proj.items():
-            z, logdet = getattr(self, f"flow_{r}")(x[valid])
+            z, logdet = getattr(self, f"flow_{r}")(x)
             log_p = (
                 -0.5 * math.log(2 * math.pi)
                 - log_sd

@@ -57,6 +57,7 @@ from imerbench.methods.mult import (
     mult_params,
     others,
     released_availability,
+    unpack,
 )
 from torch import Tensor, nn
 
@@ -199,7 +200,6 @@ class IMDerNet(MulTNet):
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
         if stage == PRETRAIN and batch.complete is not None:  # complete training inputs
             batch = batch.complete
-        b, n = batch.valid.shape
         proj = self.projected(batch)
         extras: dict[str, Tensor] = {}
         if stage == RECOVER:
@@ -220,7 +220,7 @@ class IMDerNet(MulTNet):
                 recovered = getattr(self, f"rec_{r}")(drawn)
                 proj[r] = proj[r].index_put((rows,), recovered)
                 extras[f"recovered_{r}"] = (rows, recovered, condition)
-        return ModelOutput(fused=self.backbone(proj).view(b, n, -1), extras=extras)
+        return ModelOutput(fused=unpack(self.backbone(proj), batch.valid), extras=extras)
 
 
 @register_method("imder", paper_name="IMDer")

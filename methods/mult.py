@@ -196,12 +196,13 @@ class MulTNet(nn.Module):
         self.out_layer = nn.Linear(joint, spec.num_classes)
 
     def projected(self, batch: Batch) -> dict[str, Tensor]:
-        """Released letter -> projected features [N, d] of every (flattened) utterance, zero
-        input where missing; no gradient reaches the projections."""
-        keep = (batch.available & batch.valid[..., None]).flatten(0, 1)  # [N, M]
+        """Released letter -> projected features [N, d] of the batch's N real utterances
+        (padding is never computed: at length 1 no utterance sees another), zero input where
+        missing; no gradient reaches the projections."""
+        keep = batch.available[batch.valid]  # [N, M]
         out = {}
         for r, m in RELEASED.items():
-            x = batch.features[m].flatten(0, 1) * keep[:, MODALITIES.index(m), None]
+            x = batch.features[m][batch.valid] * keep[:, MODALITIES.index(m), None]
             if r == "l":
                 x = F.dropout(x, self.text_dropout, self.training)
             with torch.no_grad():
@@ -227,9 +228,16 @@ DROPOUTS = (
 
 
 def released_availability(batch: Batch) -> Tensor:
-    """[N, 3] bool: each (flattened) real utterance's available modalities, in the released
-    order (l, v, a)."""
-    return (batch.available & batch.valid[..., None]).flatten(0, 1)[:, ORDER]
+    """[N, 3] bool: each real utterance's available modalities (in `projected`'s order), in
+    the released order (l, v, a)."""
+    return batch.available[batch.valid][:, ORDER]
+
+
+def unpack(values: Tensor, valid: Tensor) -> Tensor:
+    """Per-utterance rows [N, C] of the real utterances back on the batch's grid [B, L, C],
+    zero at padding."""
+    grid = values.new_zeros((*valid.shape, values.shape[-1]))
+    return grid.index_put((*valid.nonzero(as_tuple=True),), values)
 
 
 def others(i: int) -> list[int]:

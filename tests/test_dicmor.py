@@ -204,3 +204,45 @@ def test_each_utterance_recovers_as_in_a_batch_of_its_own() -> None:
                 labels=batch.labels[d : d + 1, u : u + 1],
             )
             torch.testing.assert_close(model(alone, RECOVER).fused[0, 0], together[d, u])
+
+
+@pytest.mark.parametrize("name", ["dicmor", "imder"])
+def test_padding_never_reaches_the_losses(name: str) -> None:
+    """Dialogues of 3 and 5 utterances padded into one batch give the loss of the same 8
+    utterances as one unpadded dialogue: the recovery terms average over real utterances
+    only (a padding row would count as one missing every modality)."""
+    corpus = tiny_corpus("regression", num_dialogues=2)
+    method = create_method(name, "quick")
+    torch.manual_seed(0)
+    model = method.build(data_spec(corpus))
+    model.eval()  # no dropout; IMDer samples from its fixed evaluation seed
+    gen = torch.Generator().manual_seed(1)
+    widths = data_spec(corpus).widths
+    features = {m: torch.randn(1, 8, d, generator=gen) for m, d in widths.items()}
+    available = torch.rand(1, 8, 3, generator=gen) < 0.5
+    available[0, :, 1] = True  # text everywhere: every utterance has something to recover from
+    labels = torch.randn(1, 8, generator=gen)
+
+    def batch(split: bool) -> Batch:
+        def grid(x: torch.Tensor) -> torch.Tensor:
+            if not split:
+                return x
+            padded = x.new_zeros((2, 5, *x.shape[2:]))
+            padded[0, :3], padded[1] = x[0, :3], x[0, 3:]
+            return padded
+
+        valid = grid(torch.ones(1, 8, dtype=torch.bool))
+        masked = {m: grid(x * available[..., "atv".index(m), None]) for m, x in features.items()}
+        speakers = torch.zeros_like(valid, dtype=torch.long)
+        whole = {m: grid(x) for m, x in features.items()}
+        complete = Batch(
+            whole, valid[..., None].expand(*valid.shape, 3), valid, speakers, grid(labels)
+        )
+        return Batch(masked, grid(available), valid, speakers, grid(labels), complete)
+
+    losses = []
+    for split in (False, True):
+        b = batch(split)
+        torch.manual_seed(2)  # IMDer's score-matching draws
+        losses.append(method.loss(model, model(b, RECOVER), b, RECOVER))
+    torch.testing.assert_close(losses[1], losses[0])

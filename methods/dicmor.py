@@ -296,7 +296,7 @@ class DiCMoR(MulTMethod):
     profiles = {
         # The released MOSI width (d = 32: the frozen random projections lose too much at
         # 16, 55.9 against 64.9 wa at MR 0), one crossmodal layer, 4 couplings, 2 blocks.
-        # About 6 s a cell on two CPU cores: not in the default grid (grids/quick.toml).
+        # About 4 s a cell on two CPU cores: not in the default grid (grids/quick.toml).
         "quick": QUICK_BACKBONE
         | {
             "flow_steps": 4,

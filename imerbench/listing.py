@@ -77,6 +77,7 @@ def print_method(console: Console, name: str) -> None:
         else:
             bounds = [f">= {param.low:g}"] if param.low is not None else []
             bounds += [f"<= {param.high:g}"] if param.high is not None else []
+            bounds += [f"multiple of {param.multiple_of}"] if param.multiple_of is not None else []
             allowed = ", ".join(bounds) or type(param.default).__name__
         changed = [PROFILE_DEFAULTS.get(p, {}) | cls.profiles.get(p, {}) for p in profiles]
         values = [repr(values[key]) if key in values else "" for values in changed]

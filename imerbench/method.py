@@ -37,6 +37,7 @@ class Param:
     high: float | None = None
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    multiple_of: int | None = None  # for integers a layer splits in equal parts
 
     def validate(self, method: str, name: str, value: Any) -> Any:
         kind = type(self.default)
@@ -55,6 +56,11 @@ class Param:
             raise ImerbenchError(f"{method}: {name}={value!r} is below its minimum {self.low}")
         if self.high is not None and value > self.high:
             raise ImerbenchError(f"{method}: {name}={value!r} is above its maximum {self.high}")
+        if self.multiple_of is not None and value % self.multiple_of:
+            raise ImerbenchError(
+                f"{method}: {name}={value!r} must be a multiple of {self.multiple_of}"
+                + (f" ({self.help})" if self.help else "")
+            )
         return value
 
 

@@ -23,7 +23,8 @@ word-level features: `imerbench table --paper` marks ours as an adaptation):
   available, then which); here each utterance has its own (the harness's shared masks), and
   each missing modality is recovered from the utterance's available ones. The reconstruction
   MSE averages over the (utterance, missing modality) pairs, which equals the released
-  per-batch mean when a batch shares one pattern;
+  per-batch mean when a batch shares one pattern; pairs, and NLL terms, of a modality the
+  corpus never recorded (`--missing-features mark`) are left out: no zero target;
 - the released stage 1 is a downloaded complete-data MulT checkpoint whose training code is
   not released: the harness trains the backbone on complete inputs ("pretrain", task loss
   only), then everything ("recover"), as the released stage 2 does;
@@ -213,8 +214,10 @@ class DiCMoRNet(MulTNet):
 
     def nll(self, proj: dict[str, Tensor], complete: Batch) -> dict[str, Tensor]:
         """Per modality, the released bits-per-dimension NLL of the complete projected
-        features' (`proj`) latents under their labels' priors, over the real utterances."""
+        features' (`proj`) latents under their labels' priors, over the real utterances
+        that recorded it (a modality never recorded is no sample of its distribution)."""
         mean, log_sd = self.prior(complete.labels[complete.valid])
+        recorded = released_availability(complete)
         out = {}
         for r, x in proj.items():
             z, logdet = getattr(self, f"flow_{r}")(x)
@@ -223,24 +226,30 @@ class DiCMoRNet(MulTNet):
                 - log_sd
                 - 0.5 * (z - mean) ** 2 / torch.exp(2 * log_sd)
             )
-            total = logdet.sum() + log_p.sum()
-            out[r] = torch.clamp(-total / (math.log(2) * z.numel()), min=0.0)
+            keep = recorded[:, list(RELEASED).index(r)]
+            total = (logdet + log_p.sum(-1))[keep].sum()
+            entries = keep.sum() * z.shape[-1]
+            out[r] = torch.clamp(-total / (math.log(2) * entries.clamp(min=1)), min=0.0)
         return out
 
 
 def recovery_loss(out: ModelOutput, target: dict[str, Tensor], batch: Batch) -> Tensor:
     """The refined recoveries against the complete projected features (`target`), averaged
-    over the (utterance, missing modality) pairs of real utterances (0 when none is)."""
-    errors, count = [], 0
-    for r in RELEASED:
+    over the (utterance, missing modality) pairs of real utterances where the modality was
+    recorded (masked, not absent from the corpus: no zero target); 0 when there is none."""
+    assert batch.complete is not None
+    recorded = released_availability(batch.complete)
+    errors, count = [], []
+    for i, r in enumerate(RELEASED):
         if f"recovered_{r}" not in out.extras:
             continue
         rows, values = out.extras[f"recovered_{r}"]
-        errors.append(((values - target[r][rows].detach()) ** 2).mean(-1).sum())
-        count += rows.numel()
+        keep = recorded[rows, i]
+        errors.append((((values - target[r][rows].detach()) ** 2).mean(-1) * keep).sum())
+        count.append(keep.sum())
     if not errors:
         return batch.features["a"].new_zeros(())
-    return torch.stack(errors).sum() / count
+    return torch.stack(errors).sum() / torch.stack(count).sum().clamp(min=1)
 
 
 # ---- released weights ---------------------------------------------------------------------------
@@ -287,6 +296,9 @@ class DiCMoR(MulTMethod):
             attn_dropout_a=0.2,
             embed_dropout=0.2,
             output_dropout=0.5,
+        ),
+        "dim": Param(
+            32, low=2, multiple_of=2, help="projected width d (the couplings split it in halves)"
         ),
         "flow_steps": Param(32, low=1, help="affine couplings per flow"),
         "coupling_hidden": Param(64, low=1, help="width of each coupling's network"),

@@ -23,12 +23,15 @@ Adaptation to the GCNet layout (the ComP paper copies IMDer's rows from other pa
   arithmetic, checked against them (`tests/test_imder.py`). The backbone, refinement and head
   are built from the same released files as DiCMoR's (transformer, attention, position
   embedding; the refinement differs by a blank line), which `tests/test_dicmor.py` checks;
-- evaluation draws the sampler's noise from a fixed seed, so a cell's predictions are
-  deterministic (the released test-time samples are not); training draws from the run's;
+- evaluation draws the sampler's noise from a fixed seed, for every utterance whatever it
+  misses (`IMDerNet.evaluation_noise`), so a cell's predictions are deterministic and do not
+  change with the other utterances' masks (the released test-time samples are neither);
+  training draws from the run's stream;
 - missing patterns are per utterance (the harness's shared masks) instead of one per batch;
   each missing modality is sampled for the utterances that miss it, conditioned on their
   available ones; the score and reconstruction losses average over those utterances (equal
-  to the released per-batch means when a batch shares one pattern);
+  to the released per-batch means when a batch shares one pattern), leaving out any whose
+  corpus never recorded the modality (`--missing-features mark`: no zero target);
 - `sampling_steps` (100 as released) sets the sampler's steps; the quick profile uses 10
   (and one memory layer instead of the released 3);
 - the released stage 1 is a downloaded complete-data checkpoint: the harness trains the
@@ -41,7 +44,7 @@ Adaptation to the GCNet layout (the ComP paper copies IMDer's rows from other pa
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -105,19 +108,24 @@ def score_matching_loss(score: Score, x: Tensor, condition: Tensor) -> Tensor:
     return ((s * std + z) ** 2).flatten(1).sum(-1)
 
 
+def draws_needed(steps: int) -> int:
+    """How many noise tensors `sample` reads: the start, then two per step."""
+    return 2 * steps + 1
+
+
 @torch.no_grad()
 def sample(
-    score: Score, condition: Tensor, steps: int, generator: torch.Generator | None = None
+    score: Score, condition: Tensor, steps: int, draws: Iterator[Tensor] | None = None
 ) -> Tensor:
     """Euler-Maruyama from t = 1 to 1e-3, samples shaped like the condition, which is
-    re-noised at every step; the last step adds no noise (its mean is returned). Noise from
-    `generator` (default: torch's global one, in the released order of draws)."""
+    re-noised at every step; the last step adds no noise (its mean is returned). Standard
+    normal noise from `draws` (`draws_needed(steps)` tensors shaped like the condition;
+    default: torch's global generator, in the released order of draws)."""
     n = condition.shape[0]
     ones = torch.ones(n, device=condition.device)
 
     def noise() -> Tensor:
-        like = condition
-        return torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        return torch.randn_like(condition) if draws is None else next(draws)
 
     x = noise() * expand(marginal_std(ones), condition)
     times = torch.linspace(1.0, SAMPLER_EPS, steps, device=condition.device)
@@ -197,6 +205,16 @@ class IMDerNet(MulTNet):
             out[r] = from_available(avail, i, first, second, merged)
         return out
 
+    def evaluation_noise(self, like: Tensor) -> Tensor:
+        """The sampler's noise at evaluation [3, draws, N, d]: for every modality and every
+        utterance of the batch, missing or not, from a fixed seed. An utterance's draws then
+        depend on its place in the evaluation batch only, never on what it or the others
+        miss: a cell's predictions are deterministic (the released test-time samples are
+        not), and its forced conditions are scored under the same draws."""
+        generator = torch.Generator(like.device).manual_seed(EVAL_SEED)
+        shape = (len(RELEASED), draws_needed(self.sampling_steps), *like.shape)
+        return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
         if stage == PRETRAIN and batch.complete is not None:  # complete training inputs
             batch = batch.complete
@@ -205,18 +223,15 @@ class IMDerNet(MulTNet):
         if stage == RECOVER:
             avail = released_availability(batch)
             conditions = self.conditions(proj, avail)
-            # Evaluation draws from a fixed seed: a cell's predictions are deterministic
-            # (the released test-time samples are not); training from the run's stream.
-            generator = None
-            if not self.training:
-                generator = torch.Generator(avail.device).manual_seed(EVAL_SEED)
+            bank = None if self.training else self.evaluation_noise(proj["l"])
             for i, r in enumerate(RELEASED):  # only where r is missing
                 rows = (~avail[:, i]).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     continue
                 score: Score = getattr(self, f"score_{r}")
                 condition = conditions[r][rows]
-                drawn = sample(score, condition.detach(), self.sampling_steps, generator)
+                draws = None if bank is None else iter(bank[i][:, rows])
+                drawn = sample(score, condition.detach(), self.sampling_steps, draws)
                 recovered = getattr(self, f"rec_{r}")(drawn)
                 proj[r] = proj[r].index_put((rows,), recovered)
                 extras[f"recovered_{r}"] = (rows, recovered, condition)
@@ -262,14 +277,18 @@ class IMDer(MulTMethod):
         if stage == PRETRAIN or batch.complete is None:
             return task
         target = model.projected(batch.complete)
+        recorded = released_availability(batch.complete)
         terms = []
-        for r in RELEASED:  # over the utterances where r is missing
+        for i, r in enumerate(RELEASED):  # over the utterances where r is masked
             if f"recovered_{r}" not in out.extras:
                 continue
             rows, recovered, condition = out.extras[f"recovered_{r}"]
-            truth = target[r][rows].detach()
+            keep = recorded[rows, i]  # recorded: a target that is no zero stand-in
+            if not bool(keep.any()):
+                continue
+            truth = target[r][rows[keep]].detach()
             score: Score = getattr(model, f"score_{r}")
-            terms.append(score_matching_loss(score, truth, condition).mean())
-            terms.append(((recovered - truth) ** 2).mean(-1).mean())
+            terms.append(score_matching_loss(score, truth, condition[keep]).mean())
+            terms.append(((recovered[keep] - truth) ** 2).mean(-1).mean())
         extra = torch.stack(terms).sum() if terms else task.new_zeros(())
         return task + self.hp["score_weight"] * extra

@@ -272,7 +272,7 @@ QUICK_BACKBONE = {
 def mult_params(**dropouts: float) -> dict[str, Param]:
     """The backbone's hyper-parameters (released MOSI sizes) with each method's dropouts."""
     params = {
-        "dim": Param(32, low=2, help="projected width d (even)"),
+        "dim": Param(32, low=2, help="projected width d"),
         "heads": Param(8, low=1, help="attention heads"),
         "layers": Param(4, low=1, help="crossmodal layers"),
         "memory_min_layers": Param(

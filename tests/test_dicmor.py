@@ -21,6 +21,7 @@ from imerbench.methods.mult import TransformerLayer
 from tiny_corpus import tiny_corpus
 
 from imerbench.data import Batch, SplitData
+from imerbench.errors import ImerbenchError
 from imerbench.method import DataSpec
 from imerbench.registry import create_method
 from imerbench.step import data_spec
@@ -246,3 +247,35 @@ def test_padding_never_reaches_the_losses(name: str) -> None:
         torch.manual_seed(2)  # IMDer's score-matching draws
         losses.append(method.loss(model, model(b, RECOVER), b, RECOVER))
     torch.testing.assert_close(losses[1], losses[0])
+
+
+@pytest.mark.parametrize(("name", "module"), [("dicmor", "flow_a"), ("imder", "score_a")])
+def test_a_modality_never_recorded_is_no_target(name: str, module: str) -> None:
+    """Audio absent from the corpus (`--missing-features mark`: absent in the complete batch
+    too) gives no recovery target: the module that only its recovery terms train receives no
+    gradient, while video's, masked but recorded, does."""
+    corpus = tiny_corpus(num_dialogues=3)
+    method = create_method(name, "quick")
+    torch.manual_seed(0)
+    model = method.build(data_spec(corpus))
+    data = SplitData(corpus, np.arange(3), "cpu")
+    keep = np.ones((data.num_utterances, 3), dtype=bool)
+    keep[:, 0] = False  # audio: never recorded
+    keep[::2, 2] = False  # video: masked at every other utterance
+    recorded = np.ones_like(keep)
+    recorded[:, 0] = False
+    batch = next(iter(data.with_mask(keep).batches(3)))
+    complete = next(iter(data.with_mask(recorded).batches(3)))
+    batch = batch.replace(complete=complete)
+    loss = method.loss(model, model(batch, RECOVER), batch, RECOVER)
+    loss.backward()
+    audio = getattr(model, module)
+    video = getattr(model, module.replace("_a", "_v"))
+    assert all(p.grad is None or not p.grad.any() for p in audio.parameters())
+    assert any(p.grad is not None and p.grad.any() for p in video.parameters())
+
+
+def test_an_odd_width_is_refused_by_name() -> None:
+    with pytest.raises(ImerbenchError, match=r"dicmor: dim=7 must be a multiple of 2 \(.*halves"):
+        create_method("dicmor", "quick", dim=7)
+    assert create_method("imder", "quick", dim=7).hp["dim"] == 7  # no halves there

@@ -109,3 +109,29 @@ def test_more_sampling_steps_cost_more_score_calls(steps: int) -> None:
     sample(counted, torch.zeros(4, 2), steps)
     assert len(calls) == steps and calls[0] == 1.0
     assert calls[-1] == pytest.approx(1.0 if steps == 1 else 1e-3)
+
+
+def test_evaluation_noise_ignores_the_other_utterances_masks() -> None:
+    """An utterance's evaluation prediction is fixed by its own inputs and its place in the
+    batch: another utterance losing a modality does not move it (the sampler's draws are
+    made for every utterance), and a second pass repeats it."""
+    corpus = tiny_corpus(num_dialogues=4)
+    torch.manual_seed(0)
+    model = create_method("imder", "quick").build(data_spec(corpus))
+    model.eval()
+    data = SplitData(corpus, np.arange(4), "cpu")
+    keep = np.ones((data.num_utterances, 3), dtype=bool)
+    keep[:, 0] = np.arange(data.num_utterances) % 2 == 0  # audio missing at odd utterances
+    batch = next(iter(data.with_mask(keep).batches(4)))
+    other = keep.copy()
+    other[-1] = [False, True, False]  # the last utterance loses its video too
+    changed = next(iter(data.with_mask(other).batches(4)))
+    with torch.no_grad():
+        first, again = model(batch, RECOVER).fused, model(batch, RECOVER).fused
+        moved = model(changed, RECOVER).fused
+    torch.testing.assert_close(again, first)
+    last = batch.valid.nonzero()[-1].tolist()
+    untouched = batch.valid.clone()
+    untouched[last[0], last[1]] = False
+    torch.testing.assert_close(moved[untouched], first[untouched])
+    assert (moved[last[0], last[1]] - first[last[0], last[1]]).abs().max() > 1e-4

@@ -61,6 +61,19 @@ def per_seed(df: pd.DataFrame, selection: str) -> dict[str, pd.DataFrame]:
     return out
 
 
+def matched_folds(df: pd.DataFrame, label: str, base: str) -> pd.DataFrame:
+    """The rows without those of `label` and `base` (under a missing rate) at a (dataset,
+    MR, seed, fold) where only one of the two finished: each seed's fold mean then covers
+    the same folds on both sides of a difference (a strategy cell failed on one fold must
+    not compare its mean over four folds with its base's over five)."""
+    pair = df["method"].isin([label, base]) & rate_mask(df)
+    ok = df[pair & (df["status"] == "ok")]
+    keys = ["dataset", "missing_rate", "seed", "fold"]
+    finished = ok.groupby(keys)["method"].nunique()
+    both = finished[finished == 2].index
+    return df[~pair | pd.MultiIndex.from_frame(df[keys]).isin(both)]
+
+
 def balance_effects(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
     """One row per (dataset, base, strategy, MR, quantity): the base's mean, the paired
     difference's mean, 95% half-interval, p and Holm-adjusted p, and the seeds paired."""
@@ -70,10 +83,11 @@ def balance_effects(df: pd.DataFrame, selection: str = "val") -> pd.DataFrame:
             "no `method+strategy` rows beside their base method's; run both, e.g. "
             "--methods late-fusion,late-fusion+ogm-ge"
         )
-    values = per_seed(df, selection)
-    weak = weakest(values["gap"])
+    gap = modality_gap(df, selection)
+    weak = weakest(gap[rate_mask(gap)])
     out = []
     for label, base, strategy in found:
+        values = per_seed(matched_folds(df, label, base), selection)
         for quantity, frame in values.items():
             mine = frame[frame["method"] == label][[*KEY, "value"]]
             theirs = frame[frame["method"] == base][[*KEY, "value"]]

@@ -41,7 +41,8 @@ from imerbench.results import (
     SCHEMA_VERSION,
 )
 from imerbench.selection import TRAINING_ERRORS, CellFailure, HistoryRow, TrainOutcome
-from imerbench.training import Member, train_stack
+from imerbench.step import Member, WithinDraw
+from imerbench.training import train_stack
 
 
 @dataclass
@@ -114,6 +115,20 @@ class Workspace:
         if planned.method.holdout > 0:
             out["train"], out["holdout"] = self.held_out(planned, corpus, fold.train, pad_to)
         return out
+
+    def member(self, planned: PlannedCell) -> Member:
+        """The cell as a member of its stack: its splits, mask, seed and, where its method
+        holds training dialogues out, its training utterances' rows in the whole training
+        split's mask draw (the masks of the method without the hold-out)."""
+        cell = planned.cell
+        splits = self.splits(planned)
+        if planned.method.holdout <= 0:
+            return Member(splits, cell.mask, cell.seed)
+        corpus = self.corpus(cell.dataset)
+        info = resolve_dataset(cell.dataset)
+        fold = self.fold(info, corpus, cell.fold, cell.protocol)
+        within = WithinDraw.of(corpus, fold.train, splits["train"].utterances)
+        return Member(splits, cell.mask, cell.seed, within)
 
     def held_out(
         self, planned: PlannedCell, corpus: Corpus, train: np.ndarray, pad_to: int | None
@@ -288,7 +303,7 @@ def compute_stack(
     start = time.perf_counter()
     outcomes: list[TrainOutcome | Exception]
     try:
-        members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
+        members = [ws.member(p) for p in stack]
         outcomes = list(
             train_stack(
                 method,

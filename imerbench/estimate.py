@@ -26,7 +26,6 @@ from imerbench.grid import Grid
 from imerbench.method import RunContext
 from imerbench.plan import PlannedCell, RunOptions, Stack, plan_grid
 from imerbench.step import (
-    Member,
     autocast,
     build_stack,
     member_batches,
@@ -57,7 +56,7 @@ def probe(stack: Stack, ws: Workspace) -> Probe:
     first = stack[0]
     method, cell = first.method, first.cell
     corpus = ws.corpus(cell.dataset)
-    members = [Member(ws.splits(p), p.cell.mask, p.cell.seed) for p in stack]
+    members = [ws.member(p) for p in stack]
     train = members[0].splits["train"]
     views, model, optimizer = build_stack(method, corpus, members, cell.fold, ws.device)
     stage = method.stages[-1]

@@ -25,6 +25,7 @@ import pandas as pd
 from imerbench.claims import file_lock
 from imerbench.errors import ImerbenchError
 from imerbench.files import atomic_write
+from imerbench.grid import split_balance
 from imerbench.registry import method_info
 
 MERGE_LOCK = ".results.lock"  # serializes rebuilds of results.csv
@@ -184,9 +185,13 @@ def separate_configurations(df: pd.DataFrame, where: str | Path) -> pd.DataFrame
     for method, dataset in cells.loc[mixed, ["method", "dataset"]].drop_duplicates().values:
         rows = (out["method"] == method) & (out["dataset"] == dataset)
         epochs = out.loc[rows, "epochs"].astype(str)
-        base, _, inside = str(method).partition("[")
+        # A balanced method's epochs go to its base (`late-fusion[epochs=3]+agm`), so that it
+        # pairs with its base's cells of the same epochs only (`imerbench/balance_table.py`).
+        balance = split_balance(str(method))
+        head, tail = (balance[0], "+" + balance[1]) if balance else (str(method), "")
+        name, _, inside = head.partition("[")
         inner = inside[:-1] + "," if inside else ""
-        out.loc[rows, "method"] = base + "[" + inner + "epochs=" + epochs + "]"
+        out.loc[rows, "method"] = name + "[" + inner + "epochs=" + epochs + "]" + tail
     again = out.drop_duplicates("config_hash")
     clash = again[again.groupby(key)["config_hash"].transform("nunique") > 1]
     if len(clash):

@@ -119,13 +119,35 @@ def train_step(
 
 
 @dataclass(frozen=True)
+class WithinDraw:
+    """Where a member trains on part of its training split (a method holding dialogues out):
+    the whole split's mask draw (its utterance count and mask groups) and the rows of the
+    member's training utterances in it, so each utterance it trains on has the mask it has
+    in the cell of the method without the hold-out."""
+
+    num_utterances: int
+    groups: np.ndarray | None
+    rows: np.ndarray
+
+    @classmethod
+    def of(cls, corpus: Corpus, dialogues: np.ndarray, utterances: np.ndarray) -> WithinDraw:
+        """`utterances` (corpus indices) within the split of `dialogues`."""
+        whole = corpus.utterances(dialogues)
+        order = np.argsort(whole, kind="stable")
+        rows = order[np.searchsorted(whole[order], utterances)]
+        return cls(len(whole), corpus.mask_groups(whole), rows)
+
+
+@dataclass(frozen=True)
 class Member:
     """One cell of a stack: its splits (validation and test under its own stored masks; the
-    train split is shared), its mask specification and its seed."""
+    train split is shared), its mask specification and its seed; `within`: its training
+    split's place in the whole split's mask draw, if it holds dialogues out."""
 
     splits: dict[str, SplitData]
     mask: MaskSpec
     seed: int
+    within: WithinDraw | None = None
 
 
 def stream(corpus: Corpus, fold: int, member: Member) -> tuple[object, ...]:
@@ -168,6 +190,19 @@ def padded_training(method: Method) -> bool:
     return method.fixed_length or can_stack(method)
 
 
+def member_mask(
+    corpus: Corpus, member: Member, fold: int, draw: int, groups: np.ndarray | None
+) -> np.ndarray:
+    """The member's training mask of one draw (an epoch's) over its training utterances;
+    `groups`: its training split's mask groups (unused for a member training within a larger
+    split, whose draw is the whole split's)."""
+    within, n = member.within, member.splits["train"].num_utterances
+    if within is not None:
+        n, groups = within.num_utterances, within.groups
+    mask = train_mask(corpus.name, fold, member.mask, member.seed, draw, n, groups)
+    return mask if within is None else mask[within.rows]
+
+
 def member_batches(
     method: Method,
     corpus: Corpus,
@@ -180,15 +215,7 @@ def member_batches(
     """A member's training batches of one epoch: its own training mask (the method says
     which epoch's draw, `Method.mask_epoch`) and data order."""
     train = member.splits["train"]
-    mask = train_mask(
-        corpus.name,
-        fold,
-        member.mask,
-        member.seed,
-        method.mask_epoch(epoch),
-        train.num_utterances,
-        groups,
-    )
+    mask = member_mask(corpus, member, fold, method.mask_epoch(epoch), groups)
     order = rng("order", *stream(corpus, fold, member), epoch).permutation(train.num_dialogues)
     return train.with_mask(mask).batches(
         method.hp["batch_size"], order, fixed, complete=method.needs_complete

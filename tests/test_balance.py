@@ -161,6 +161,13 @@ def test_pmr_prototypes_are_class_means_over_present_utterances() -> None:
     new = state.values["prototypes"]["a"]
     torch.testing.assert_close(new[0], torch.tensor([2.0, 1.75]))  # 0.75 (2, 2) + 0.25 (2, 1)
     torch.testing.assert_close(new[1], torch.tensor([5.0, 5.0]))  # absent: kept
+    # third epoch: class 2 appears for the first time, at (4, 4): its prototype is its mean
+    strategy.loss(torch.nn.Module(), SimpleNamespace(extras={"modality_features": {
+        m: torch.full((1, 1, 2), 4.0) for m in "atv"}}), hand_batch([2], [[1, 1, 1]]),
+        base, state)  # fmt: skip
+    strategy.on_epoch_end(torch.nn.Module(), state)
+    torch.testing.assert_close(state.values["prototypes"]["a"][2], torch.tensor([4.0, 4.0]))
+    assert state.values["seen"].tolist()[0] == [True, True, True]
 
 
 def test_pmr_adds_the_prototype_loss_of_the_weaker_modalities_only() -> None:
@@ -262,6 +269,24 @@ def test_agm_scales_each_encoder_by_its_shapley_coefficient() -> None:
     backward(method, model, batch)
     method.after_backward(model, out, batch, stage, RunContext.for_metric("wa"))
     assert state_of(model).values["coefficients"] == pytest.approx(dict.fromkeys("atv", 1.0))
+
+
+@pytest.mark.parametrize("name", ["early-fusion", "momke"])
+def test_agm_shares_are_zero_where_a_modality_is_missing(name: str) -> None:
+    """f(S) is 0 at an utterance that has none of S (f(empty) = 0), also for a model whose
+    output on no input is not 0: a modality missing at an utterance has no share there, and
+    the shares still sum to f(all)."""
+    method, model, batch = setup(name, "agm", rate=0.5)
+    stage = method.stages[-1]
+    f = agm.subset_predictions(model, batch, list("atv"), stage)
+    r = agm.shapley(f, list("atv"))
+    for k, m in enumerate("atv"):
+        missing = ~batch.available[..., k] & batch.valid
+        assert missing.any()
+        assert r[m][missing].abs().max() == 0.0, m
+    only_t = batch.valid & batch.available[..., 1] & ~batch.available[..., 0]
+    assert only_t.any() and not f[frozenset("a")][only_t].any()
+    torch.testing.assert_close(sum(r.values()), f[frozenset("atv")])
 
 
 def test_agm_history_is_each_modality_s_running_mean() -> None:
@@ -375,6 +400,34 @@ def test_a_g_blending_cell_trains_without_its_held_out_dialogues(small_grid, tmp
     assert 0.4 < 1 - available.float().mean().item() < 0.6  # the cell's missing rate
 
 
+def test_a_held_out_cell_trains_under_its_base_s_masks(small_grid, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Every utterance a G-Blending cell trains on has, in every epoch, the mask it has in
+    its base's cell (the draw is the whole training split's): a paired comparison."""
+    from imerbench.compute import Workspace
+    from imerbench.plan import RunOptions, plan_grid
+    from imerbench.step import member_mask
+
+    methods = ["late-fusion", "late-fusion+g-blending[holdout=0.2]"]
+    grid = small_grid(methods=methods, missing_rates=[0.5])
+    options = RunOptions(out=tmp_path, device="cpu")
+    ws = Workspace(grid, options, store_masks=False)
+    corpus = ws.corpus("synthetic")
+    base, held = sorted(plan_grid(grid, options).todo, key=lambda p: "+" in p.cell.method.label)
+    mine, theirs = ws.member(held), ws.member(base)
+    assert theirs.within is None and mine.within is not None
+    kept = mine.splits["train"].utterances
+    position = {u: i for i, u in enumerate(theirs.splits["train"].utterances.tolist())}
+    groups = corpus.mask_groups(theirs.splits["train"].utterances)
+    for epoch in (0, 3):
+        expected = member_mask(corpus, theirs, 0, epoch, groups)[[position[u] for u in kept]]
+        got = member_mask(corpus, mine, 0, epoch, None)
+        assert got.shape == (len(kept), 3)
+        assert np.array_equal(got, expected), epoch
+    assert not np.array_equal(
+        member_mask(corpus, mine, 0, 0, None), member_mask(corpus, mine, 0, 1, None)
+    )  # redrawn every epoch, as the base's
+
+
 # ---- MMPareto ------------------------------------------------------------------------------------
 def test_pareto_weights_and_combination_by_hand() -> None:
     g1, g2 = torch.tensor([1.0, 0.0]), torch.tensor([-1.0, 1.0])
@@ -418,7 +471,30 @@ def test_mmpareto_gives_each_encoder_its_pareto_gradient() -> None:
             torch.testing.assert_close(p.grad, 1.5 * mixed * scale, rtol=1e-4, atol=1e-7)
 
 
+def test_mmpareto_without_two_active_modalities_leaves_the_plain_gradient() -> None:
+    method, model, batch = setup("late-fusion", "mmpareto", rate=0.3, min_present=10_000)
+    out, _, before = backward(method, model, batch)
+    method.after_backward(model, out, batch, method.stages[-1], RunContext.for_metric("wa"))
+    encoders = [n for n in before if n.startswith("nets.")]
+    assert encoders
+    for name, param in model.named_parameters():
+        if name in before:
+            torch.testing.assert_close(param.grad, before[name])
+
+
 # ---- composition ---------------------------------------------------------------------------------
+def test_a_base_s_own_hold_out_is_kept_and_never_doubled() -> None:
+    base = create_method("late-fusion", "quick")
+
+    class HeldOut(type(base)):  # type: ignore[misc, valid-type]
+        holdout = 0.15
+
+    own = HeldOut(base.info, **base.hp)
+    assert balanced(own, "ogm-ge", {}).holdout == 0.15
+    with pytest.raises(ImerbenchError, match=r"late-fusion\+g-blending: both hold training"):
+        balanced(own, "g-blending", {})
+
+
 def test_a_wrong_pairing_is_one_line_naming_what_is_missing() -> None:
     with pytest.raises(ImerbenchError, match=r"early-fusion\+mmpareto: mmpareto needs heads"):
         parse_method_ref("early-fusion+mmpareto")

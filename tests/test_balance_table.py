@@ -13,6 +13,7 @@ from test_analysis import row
 
 from imerbench.balance_table import balance_effects, balance_table
 from imerbench.errors import ImerbenchError
+from imerbench.results import separate_configurations
 
 BASE, OGM, PMR = "late-fusion", "late-fusion+ogm-ge[alpha=0.5]", "late-fusion+pmr"
 FUSED = {BASE: [0.60, 0.62, 0.61], OGM: [0.63, 0.64, 0.62], PMR: [0.60, 0.63, 0.60]}
@@ -95,3 +96,40 @@ def test_a_strategy_is_measured_against_its_base_s_own_ceilings() -> None:
     assert len(mine) == 9 and set(mine["source"]) == {f"{BASE} on {m}" for m in "atv"}
     effects = balance_effects(df).set_index(["strategy", "quantity"])
     assert effects.loc[("ogm-ge[alpha=0.5]", "under-opt v"), "diff"] == pytest.approx(0.07)
+
+
+def test_differences_pair_fold_by_fold() -> None:
+    """Five folds; the strategy failed on the last one, where every method scored lower: its
+    seeds compare over the four folds both finished (no difference), not its four-fold mean
+    against the base's five-fold one."""
+    rows = []
+    for seed in range(3):
+        for fold in range(5):
+            value = 0.7 if fold < 4 else 0.3
+            for method in (BASE, OGM):
+                status = "failed" if method == OGM and fold == 4 else "ok"
+                rows.append(row(method, "0.5", seed, "mask", value, fold=fold, status=status))
+                rows += [
+                    row(method, "0.5", seed, m, value, fold=fold, status=status) for m in "atv"
+                ]
+    effects = balance_effects(pd.DataFrame(rows)).set_index("quantity")
+    assert effects.loc["fused", "diff"] == pytest.approx(0.0)
+    assert effects.loc["fused", "base_mean"] == pytest.approx(0.7)
+    assert effects.loc["fused", "seeds"] == 3
+
+
+def test_a_strategy_run_with_other_epochs_pairs_with_its_base_at_those_epochs() -> None:
+    """Two configurations of `base+strategy` in one folder: each is labelled with its epochs
+    on the base's side, the side `table --balance` pairs on."""
+    rows = []
+    for label in ("late-fusion+agm", "late-fusion[dropout=0.1]+agm[alpha=2.0]"):
+        for epochs in (3, 10):
+            rows.append(row(label, "0.5", 0, "mask", 0.6, epochs=epochs,
+                            config_hash=f"{label}{epochs}"))  # fmt: skip
+    labels = set(separate_configurations(pd.DataFrame(rows), "run")["method"])
+    assert labels == {
+        "late-fusion[epochs=3]+agm",
+        "late-fusion[epochs=10]+agm",
+        "late-fusion[dropout=0.1,epochs=3]+agm[alpha=2.0]",
+        "late-fusion[dropout=0.1,epochs=10]+agm[alpha=2.0]",
+    }

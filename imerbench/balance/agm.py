@@ -45,7 +45,8 @@ def subset_predictions(
     model: nn.Module, batch: Batch, players: Sequence[str], stage: str
 ) -> dict[Subset, Tensor]:
     """f(S) for every non-empty S of `players`: the fused prediction [B, L, C] with only the
-    modalities of S present, in evaluation mode, without gradient."""
+    modalities of S present, in evaluation mode, without gradient; 0 at an utterance that
+    has none of S (f(empty) = 0, not the model's output on no input)."""
     was_training = model.training
     model.eval()
     out = {}
@@ -61,7 +62,8 @@ def subset_predictions(
                         for k, m in enumerate(MODALITIES)
                     }
                     view = batch.replace(features=features, available=available, complete=None)
-                    out[frozenset(subset)] = model(view, stage).fused.float()
+                    shown = available.any(-1, keepdim=True)
+                    out[frozenset(subset)] = model(view, stage).fused.float() * shown
     finally:
         model.train(was_training)
     return out

@@ -2,7 +2,9 @@
 the one training loop (`imerbench/step.py`, `imerbench/training.py`).
 
 The composed method keeps the base method's name (so its seeds, initial weights and masks
-are the base's: a paired comparison), its hyper-parameters and stages; the strategy acts in
+are the base's: a paired comparison; a strategy holding training dialogues out trains on the
+others under the masks they have in the base's cell, `step.WithinDraw`, in its own batch
+order), its hyper-parameters and stages; the strategy acts in
 the last stage only, with its state in the model (`model.balance_state`). It trains each
 cell alone (a strategy's statistics are per model, not per stack).
 """
@@ -16,6 +18,7 @@ from torch import Tensor, nn
 
 from imerbench.balance.base import BalanceState, Strategy
 from imerbench.data import Batch
+from imerbench.errors import ImerbenchError
 from imerbench.method import DataSpec, Method, ModelOutput, RunContext
 
 STATE = "balance_state"
@@ -40,7 +43,12 @@ class Balanced(Method):
         self.published_selection = base.published_selection
         self.offers = base.offers
         self.stackable = False
-        self.holdout = strategy.holdout()
+        if base.holdout and strategy.holdout():
+            raise ImerbenchError(
+                f"{base.name}+{strategy.name}: both hold training dialogues out, for "
+                "measurements of their own; pair the strategy with another method"
+            )
+        self.holdout = base.holdout or strategy.holdout()
 
     @property
     def last_stage(self) -> str:

@@ -9,7 +9,8 @@ encoder m, on its parameters flattened: cos(g1, g2) > 0 (or a norm 0): w = (1/2,
 w1 = clip((|g2|^2 - g1.g2) / |g1 - g2|^2, 0.001, 0.999), w2 = 1 - w1. Per tensor:
 gh = 2 (w1 g1 + w2 g2), rescaled to |g1 + g2| where that is larger, and the gradient is
 gamma gh (without conflict: gamma (g1 + g2)). An inactive encoder keeps g1 alone; the heads
-and the fusion keep the plain gradient of the whole loss. g1 and g2 come from
+and the fusion keep the plain gradient of the whole loss; with fewer than two active
+modalities the step is not balanced (every gradient is the whole loss's). g1 and g2 come from
 `torch.autograd.grad` on the same graph (the released code: one backward pass per loss).
 Default gamma 1.5 (hard-coded in the released code).
 """
@@ -95,11 +96,12 @@ class MMPareto(Strategy):
             return total
         counts = {m: int(present[m].sum()) for m in MODALITIES}
         modalities = active(counts, self.hp["min_present"])
+        if len(modalities) < 2:  # no balancing this step: the plain gradient of the loss
+            return total
         parts = state.values["parts"]
         grads = {m: (part_grads(base, parts[m]), None) for m in MODALITIES}
-        if len(modalities) >= 2:
-            for m in modalities:
-                grads[m] = (grads[m][0], part_grads(unimodal[m], parts[m]))
+        for m in modalities:
+            grads[m] = (grads[m][0], part_grads(unimodal[m], parts[m]))
         state.values["grads"] = grads
         return total
 

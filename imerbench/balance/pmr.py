@@ -96,12 +96,13 @@ class PMR(Strategy):
             sums, counts = state.values["sums"][m], state.values["counts"][m]
             here = counts > 0
             fresh = sums / counts.clamp(min=1.0)[:, None]
+            seen = state.values["seen"].to(here.device)
             if old is None:
                 new[m] = fresh
-            else:
+            else:  # a class's first prototype is its mean, not a blend with nothing
                 mixed = (1 - self.hp["mu"]) * fresh + self.hp["mu"] * old[m]
+                mixed = torch.where(seen[i][:, None], mixed, fresh)
                 new[m] = torch.where(here[:, None], mixed, old[m])
-            seen = state.values["seen"].to(here.device)
             seen[i] |= here
             state.values["seen"] = seen
             sums.zero_()

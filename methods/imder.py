@@ -205,14 +205,15 @@ class IMDerNet(MulTNet):
             out[r] = from_available(avail, i, first, second, merged)
         return out
 
-    def evaluation_noise(self, like: Tensor) -> Tensor:
-        """The sampler's noise at evaluation [3, draws, N, d]: for every modality and every
-        utterance of the batch, missing or not, from a fixed seed. An utterance's draws then
-        depend on its place in the evaluation batch only, never on what it or the others
-        miss: a cell's predictions are deterministic (the released test-time samples are
-        not), and its forced conditions are scored under the same draws."""
-        generator = torch.Generator(like.device).manual_seed(EVAL_SEED)
-        shape = (len(RELEASED), draws_needed(self.sampling_steps), *like.shape)
+    def evaluation_noise(self, modality: int, like: Tensor) -> Tensor:
+        """The sampler's noise at evaluation [draws, N, d] for one modality: for every
+        utterance of the batch, missing or not, from the modality's own fixed seed. An
+        utterance's draws then depend on its place in the evaluation batch only, never on
+        what it or the others miss: a cell's predictions are deterministic (the released
+        test-time samples are not), and its forced conditions are scored under the same
+        draws. Drawn only for a modality some utterance misses."""
+        generator = torch.Generator(like.device).manual_seed(EVAL_SEED + modality)
+        shape = (draws_needed(self.sampling_steps), *like.shape)
         return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
     def forward(self, batch: Batch, stage: str) -> ModelOutput:
@@ -223,14 +224,15 @@ class IMDerNet(MulTNet):
         if stage == RECOVER:
             avail = released_availability(batch)
             conditions = self.conditions(proj, avail)
-            bank = None if self.training else self.evaluation_noise(proj["l"])
             for i, r in enumerate(RELEASED):  # only where r is missing
                 rows = (~avail[:, i]).nonzero().squeeze(1)
                 if rows.numel() == 0:
                     continue
                 score: Score = getattr(self, f"score_{r}")
                 condition = conditions[r][rows]
-                draws = None if bank is None else iter(bank[i][:, rows])
+                draws = None
+                if not self.training:
+                    draws = iter(self.evaluation_noise(i, proj[r])[:, rows])
                 drawn = sample(score, condition.detach(), self.sampling_steps, draws)
                 recovered = getattr(self, f"rec_{r}")(drawn)
                 proj[r] = proj[r].index_put((rows,), recovered)
